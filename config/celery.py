@@ -1,0 +1,66 @@
+"""The one place that turns :class:`~config.settings.Settings` into Celery options.
+
+No Celery option name is written anywhere else in Conveyor. Each choice below is a
+guarantee that plain Celery's defaults do not give; the comments say which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import BrokerKind, QueueType, Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery options for ``settings``; pass to ``app.conf.update``."""
+    options: dict[str, Any] = {
+        "broker_url": settings.broker,
+        # Retry the first connection too, explicitly (Celery warns when it is implicit).
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": 100,
+        # JSON only: a serializer that can execute code (pickle) is never accepted.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_protocol": 2,
+        # Acknowledge after the job ran, and requeue when the process running it dies or
+        # hits its hard time limit: the ledger counts the attempt, so this cannot loop.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_timeout": False,
+        "task_acks_on_failure": True,
+        # Stop running a job whose message the broker will re-deliver after a lost connection.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "worker_concurrency": settings.worker_concurrency,
+        "task_time_limit": settings.task_time_limit_s,
+        # The ledger holds results and states; Celery's result backend is not used.
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "result_backend": None,
+        "task_default_queue": settings.default_queue,
+        "task_create_missing_queues": True,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+    kind = settings.broker_kind
+    if kind is BrokerKind.REDIS:
+        # One visibility timeout, set alike everywhere Celery reads it.
+        transport = {"visibility_timeout": settings.visibility_timeout_s}
+        options["broker_transport_options"] = transport
+        options["result_backend_transport_options"] = dict(transport)
+    elif kind is BrokerKind.RABBITMQ:
+        # Publisher confirms: a publish returns only once the broker has the message.
+        options["broker_transport_options"] = {"confirm_publish": True}
+        if settings.queue_type is QueueType.QUORUM:
+            options["task_default_queue_type"] = "quorum"
+            options["task_default_exchange_type"] = "topic"
+    return options

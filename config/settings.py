@@ -1,0 +1,170 @@
+"""The one settings object, read from ``CONVEYOR_*`` variables and an optional ``.env``.
+
+Read it once at start-up with :func:`load_settings` and pass it down; nothing else
+in Conveyor reads the environment. With no variables set, Conveyor runs on the
+embedded default: kombu's SQLAlchemy transport over a SQLite file as broker and
+SQLite as the ledger, both under ``var/``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite", "sqla+postgresql")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+class BrokerKind(StrEnum):
+    """Which transport family a broker URL selects; decides broker-specific options."""
+
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+    EMBEDDED = "embedded"
+
+
+class QueueType(StrEnum):
+    """RabbitMQ queue type for Conveyor's queues (ignored on other brokers)."""
+
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
+class Settings(BaseSettings):
+    """Everything Conveyor can be told. Field ``x`` is set by ``CONVEYOR_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    env: str = Field("development", description="Deployment environment name (Sentry, logs).")
+    data_dir: Path = Field(Path("var"), description="Folder for the embedded broker and ledger.")
+    broker_url: SecretStr | None = Field(
+        None, description="Celery broker URL; unset means the embedded SQLite broker."
+    )
+    database_url: SecretStr | None = Field(
+        None, description="Ledger database URL (SQLAlchemy); unset means SQLite under data_dir."
+    )
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra task modules to import, comma-separated, besides those under tasks/.",
+    )
+    default_queue: str = Field("default", min_length=1, max_length=200)
+    queue_type: QueueType = Field(QueueType.CLASSIC, description="RabbitMQ queue type.")
+    visibility_timeout_s: int = Field(
+        3600, gt=0, description="Redis: seconds before an unacknowledged message is re-delivered."
+    )
+    task_time_limit_s: int = Field(300, gt=0, description="Hard time limit for any job.")
+    worker_concurrency: int = Field(2, gt=0, le=256)
+    prefetch_multiplier: int = Field(1, gt=0, le=64)
+    db_pool_size: int = Field(5, gt=0, le=100)
+    sentry_dsn: SecretStr | None = None
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_scheme(value.get_secret_value(), BROKER_SCHEMES, need_host=True)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            # No host is fine here: PostgreSQL may be reached over a Unix socket.
+            _check_scheme(value.get_secret_value(), DATABASE_SCHEMES, need_host=False)
+        return value
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        if self.broker_kind is BrokerKind.REDIS and self.visibility_timeout_s <= (
+            self.task_time_limit_s
+        ):
+            raise ValueError(
+                f"CONVEYOR_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"CONVEYOR_TASK_TIME_LIMIT_S ({self.task_time_limit_s}), "
+                "or Redis re-delivers jobs that are still running"
+            )
+        return self
+
+    @property
+    def broker(self) -> str:
+        """The broker URL in effect (the embedded SQLite file when unset)."""
+        if self.broker_url is not None:
+            return self.broker_url.get_secret_value()
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def database(self) -> str:
+        """The ledger URL in effect, with PostgreSQL URLs pinned to the psycopg 3 driver."""
+        if self.database_url is None:
+            return f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
+        url = self.database_url.get_secret_value()
+        if url.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return url
+
+    @property
+    def broker_kind(self) -> BrokerKind:
+        scheme = urlsplit(self.broker).scheme
+        if scheme.startswith("redis"):
+            return BrokerKind.REDIS
+        if scheme.startswith("sqla"):
+            return BrokerKind.EMBEDDED
+        return BrokerKind.RABBITMQ
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when either the broker or the ledger lives in files under ``data_dir``."""
+        return self.broker_url is None or self.database_url is None
+
+
+def _check_scheme(url: str, allowed: tuple[str, ...], *, need_host: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in allowed:
+        raise ValueError(
+            f"unsupported scheme {parts.scheme or '(none)'!r}; expected one of {', '.join(allowed)}"
+        )
+    if need_host and not parts.scheme.startswith("sqla") and not parts.hostname:
+        raise ValueError("the URL names no host")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning any validation failure into a one-line :class:`ConfigError`.
+
+    The message names the environment variable at fault, e.g.
+    ``CONVEYOR_QUEUE_TYPE: Input should be 'classic' or 'quorum'``.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        # Checks across fields carry no location; their messages name the variables.
+        problems.append(f"CONVEYOR_{field.upper()}: {message}" if field else message)
+    return "; ".join(problems)

@@ -1,0 +1,307 @@
+"""Settings read from CONVEYOR_* variables, and the Celery options derived from them.
+
+Every test starts from an empty CONVEYOR_* environment in an empty working directory,
+so neither the caller's shell nor a stray ``.env`` file can change the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from config.celery import celery_config
+from config.settings import BrokerKind, QueueType, load_settings
+from worker.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s3cret"
+
+
+@pytest.fixture(autouse=True)
+def empty_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No CONVEYOR_* variable set, and a working directory without a ``.env``."""
+    for name in list(os.environ):
+        if name.startswith("CONVEYOR_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path.resolve()
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+# -- defaults --------------------------------------------------------------------------------
+
+
+def test_with_nothing_set_everything_lives_in_files_under_var(empty_environment: Path) -> None:
+    settings = load_settings()
+
+    var = empty_environment / "var"
+    assert settings.broker == f"sqla+sqlite:///{var}/broker.sqlite"
+    assert settings.database == f"sqlite:///{var}/ledger.sqlite"
+    assert Path(settings.broker.removeprefix("sqla+sqlite:///")).is_absolute()
+    assert settings.broker_kind is BrokerKind.EMBEDDED
+    assert settings.is_embedded
+    assert settings.task_modules == []
+    assert settings.queue_type is QueueType.CLASSIC
+
+
+def test_data_dir_moves_both_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CONVEYOR_DATA_DIR", str(tmp_path / "state"))
+    settings = load_settings()
+    assert settings.broker == f"sqla+sqlite:///{tmp_path.resolve()}/state/broker.sqlite"
+    assert settings.database == f"sqlite:///{tmp_path.resolve()}/state/ledger.sqlite"
+
+
+def test_a_dotenv_file_is_read_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, empty_environment: Path
+) -> None:
+    (empty_environment / ".env").write_text(
+        "CONVEYOR_DEFAULT_QUEUE=from-file\nCONVEYOR_WORKER_CONCURRENCY=7\n"
+    )
+    monkeypatch.setenv("CONVEYOR_WORKER_CONCURRENCY", "3")
+    settings = load_settings()
+    assert (settings.default_queue, settings.worker_concurrency) == ("from-file", 3)
+
+
+def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_DEFAULT_QUEUE", "from-env")
+    assert load_settings(default_queue="from-code").default_queue == "from-code"
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("database_url", "database"),
+    [
+        ("postgresql://u:p@db:5432/conveyor", "postgresql+psycopg://u:p@db:5432/conveyor"),
+        ("postgresql+psycopg://u:p@db/conveyor", "postgresql+psycopg://u:p@db/conveyor"),
+        ("sqlite:////srv/ledger.sqlite", "sqlite:////srv/ledger.sqlite"),
+    ],
+)
+def test_postgresql_urls_are_pinned_to_psycopg(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, database: str
+) -> None:
+    monkeypatch.setenv("CONVEYOR_DATABASE_URL", database_url)
+    assert load_settings().database == database
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "kind"),
+    [
+        ("redis://h:6379/0", BrokerKind.REDIS),
+        ("rediss://h:6380/0", BrokerKind.REDIS),
+        ("amqp://u:p@h:5672//", BrokerKind.RABBITMQ),
+        ("amqps://h//", BrokerKind.RABBITMQ),
+        ("pyamqp://h//", BrokerKind.RABBITMQ),
+        ("sqla+sqlite:////srv/broker.sqlite", BrokerKind.EMBEDDED),
+        ("sqla+postgresql://h/db", BrokerKind.EMBEDDED),
+    ],
+)
+def test_the_broker_url_selects_the_broker_kind(
+    monkeypatch: pytest.MonkeyPatch, broker_url: str, kind: BrokerKind
+) -> None:
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", broker_url)
+    settings = load_settings()
+    assert (settings.broker, settings.broker_kind) == (broker_url, kind)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CONVEYOR_BROKER_URL": f"http://u:{SECRET}@x"}, "CONVEYOR_BROKER_URL"),
+        ({"CONVEYOR_BROKER_URL": "redis://"}, "CONVEYOR_BROKER_URL"),
+        ({"CONVEYOR_BROKER_URL": f"amqp://u:{SECRET}@/vhost"}, "CONVEYOR_BROKER_URL"),
+        ({"CONVEYOR_BROKER_URL": "localhost:6379"}, "CONVEYOR_BROKER_URL"),
+        ({"CONVEYOR_QUEUE_TYPE": "fancy"}, "CONVEYOR_QUEUE_TYPE"),
+        ({"CONVEYOR_DATABASE_URL": f"mysql://u:{SECRET}@h/db"}, "CONVEYOR_DATABASE_URL"),
+        ({"CONVEYOR_DATABASE_URL": "postgres://h/db"}, "CONVEYOR_DATABASE_URL"),
+        ({"CONVEYOR_WORKER_CONCURRENCY": "0"}, "CONVEYOR_WORKER_CONCURRENCY"),
+        ({"CONVEYOR_PREFETCH_MULTIPLIER": "many"}, "CONVEYOR_PREFETCH_MULTIPLIER"),
+        ({"CONVEYOR_LOG_LEVEL": "verbose"}, "CONVEYOR_LOG_LEVEL"),
+        pytest.param(
+            {
+                "CONVEYOR_BROKER_URL": "redis://h",
+                "CONVEYOR_VISIBILITY_TIMEOUT_S": "300",
+                "CONVEYOR_TASK_TIME_LIMIT_S": "300",
+            },
+            "CONVEYOR_VISIBILITY_TIMEOUT_S",
+            id="redis-visibility-timeout-not-above-time-limit",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], variable: str
+) -> None:
+    set_env(monkeypatch, env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert variable in message
+    assert SECRET not in message
+
+
+def test_a_redis_visibility_timeout_not_above_the_time_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(
+        monkeypatch,
+        {"CONVEYOR_BROKER_URL": "redis://h", "CONVEYOR_VISIBILITY_TIMEOUT_S": "300"},
+    )
+    with pytest.raises(
+        ConfigError, match=r"CONVEYOR_VISIBILITY_TIMEOUT_S \(300\) must exceed"
+    ) as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+def test_several_bad_settings_share_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, {"CONVEYOR_QUEUE_TYPE": "fancy", "CONVEYOR_LOG_LEVEL": "loud"})
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "CONVEYOR_QUEUE_TYPE" in message
+    assert "CONVEYOR_LOG_LEVEL" in message
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "visibility_timeout_s", "task_time_limit_s"),
+    [
+        ("redis://h", "301", "300"),  # just above the limit
+        ("amqp://h//", "300", "300"),  # only Redis re-delivers on a visibility timeout
+        ("amqp://h//", "10", "300"),
+        (None, "10", "300"),
+    ],
+)
+def test_timeouts_that_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+    broker_url: str | None,
+    visibility_timeout_s: str,
+    task_time_limit_s: str,
+) -> None:
+    if broker_url is not None:
+        monkeypatch.setenv("CONVEYOR_BROKER_URL", broker_url)
+    monkeypatch.setenv("CONVEYOR_VISIBILITY_TIMEOUT_S", visibility_timeout_s)
+    monkeypatch.setenv("CONVEYOR_TASK_TIME_LIMIT_S", task_time_limit_s)
+    settings = load_settings()
+    assert settings.visibility_timeout_s == int(visibility_timeout_s)
+    assert settings.task_time_limit_s == int(task_time_limit_s)
+
+
+# -- secrets and lists -----------------------------------------------------------------------
+
+
+def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        {
+            "CONVEYOR_BROKER_URL": f"amqp://u:{SECRET}@h:5672//",
+            "CONVEYOR_DATABASE_URL": f"postgresql://u:{SECRET}@db/conveyor",
+            "CONVEYOR_SENTRY_DSN": f"https://{SECRET}@sentry.example/1",
+        },
+    )
+    settings = load_settings()
+
+    assert SECRET in settings.broker  # the value is there for whoever asks for it
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "modules"),
+    [
+        ("a.b, c", ["a.b", "c"]),
+        ("a.b", ["a.b"]),
+        (" a ,, b ,", ["a", "b"]),
+        ("", []),
+    ],
+)
+def test_task_modules_are_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, value: str, modules: list[str]
+) -> None:
+    monkeypatch.setenv("CONVEYOR_TASK_MODULES", value)
+    assert load_settings().task_modules == modules
+
+
+# -- Celery options --------------------------------------------------------------------------
+
+
+def test_celery_options_that_hold_on_every_broker() -> None:
+    settings = load_settings()
+    options = celery_config(settings)
+
+    assert options["broker_url"] == settings.broker
+    assert options["accept_content"] == ["json"]
+    assert options["result_accept_content"] == ["json"]
+    serializers = ("task_serializer", "result_serializer", "event_serializer")
+    assert [options[name] for name in serializers] == ["json"] * 3
+    assert options["task_acks_late"] is True
+    assert options["task_reject_on_worker_lost"] is True
+    assert options["worker_prefetch_multiplier"] == 1
+    assert options["broker_connection_retry_on_startup"] is True
+    assert options["worker_send_task_events"] is True
+    assert options["task_time_limit"] == 300
+    assert "broker_transport_options" not in options
+    assert "task_default_queue_type" not in options
+
+
+def test_celery_options_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        {
+            "CONVEYOR_PREFETCH_MULTIPLIER": "4",
+            "CONVEYOR_WORKER_CONCURRENCY": "8",
+            "CONVEYOR_TASK_TIME_LIMIT_S": "120",
+            "CONVEYOR_DEFAULT_QUEUE": "jobs",
+        },
+    )
+    options = celery_config(load_settings())
+    assert options["worker_prefetch_multiplier"] == 4
+    assert options["worker_concurrency"] == 8
+    assert options["task_time_limit"] == 120
+    assert options["task_default_queue"] == "jobs"
+
+
+def test_redis_gets_one_visibility_timeout_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        {"CONVEYOR_BROKER_URL": "redis://h:6379/0", "CONVEYOR_VISIBILITY_TIMEOUT_S": "7200"},
+    )
+    options = celery_config(load_settings())
+    assert options["broker_transport_options"] == {"visibility_timeout": 7200}
+    assert options["result_backend_transport_options"] == {"visibility_timeout": 7200}
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "queue_type", "transport_options", "default_queue_type"),
+    [
+        ("amqp://h//", "classic", {"confirm_publish": True}, None),
+        ("amqp://h//", "quorum", {"confirm_publish": True}, "quorum"),
+        ("pyamqp://h//", "quorum", {"confirm_publish": True}, "quorum"),
+        # the queue type is a RabbitMQ setting: ignored on Redis and the embedded broker
+        ("redis://h", "quorum", {"visibility_timeout": 3600}, None),
+        ("sqla+sqlite:////srv/broker.sqlite", "quorum", None, None),
+    ],
+)
+def test_broker_specific_options(
+    monkeypatch: pytest.MonkeyPatch,
+    broker_url: str,
+    queue_type: str,
+    transport_options: dict[str, object] | None,
+    default_queue_type: str | None,
+) -> None:
+    set_env(monkeypatch, {"CONVEYOR_BROKER_URL": broker_url, "CONVEYOR_QUEUE_TYPE": queue_type})
+    options = celery_config(load_settings())
+    assert options.get("broker_transport_options") == transport_options
+    assert options.get("task_default_queue_type") == default_queue_type

@@ -1,0 +1,93 @@
+"""The Celery app, built in one place.
+
+:func:`create_app` reads nothing from the environment itself: it takes the settings,
+imports the task modules (every module under ``tasks/`` plus ``CONVEYOR_TASK_MODULES``)
+and turns each registered :class:`~worker.jobs.JobSpec` into a Celery task whose body is
+:meth:`worker.runtime.Runtime.execute`. Building the app connects to nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from celery import Celery, Task
+
+from config import Settings, celery_config
+from config.settings import BrokerKind
+from worker.constants import HARD_LIMIT_GRACE_S
+from worker.embedded import tune_embedded_transport
+from worker.errors import ConfigError
+from worker.jobs import REGISTRY, JobSpec
+from worker.ledger import Ledger
+from worker.runtime import Postpone, Runtime, delivery_from_request
+
+BUILTIN_TASK_PACKAGE = "tasks"
+
+
+class ConveyorApp(Celery):  # type: ignore[misc]
+    """A Celery app that also carries Conveyor's settings, ledger and runtime."""
+
+    settings: Settings
+    ledger: Ledger
+    runtime: Runtime
+
+
+def import_task_modules(settings: Settings) -> list[str]:
+    """Import the built-in task modules and the deployment's own; returns their names."""
+    package = importlib.import_module(BUILTIN_TASK_PACKAGE)
+    names = [
+        f"{BUILTIN_TASK_PACKAGE}.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_")
+    ]
+    names += [name for name in settings.task_modules if name not in names]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"CONVEYOR_TASK_MODULES: cannot import {name!r}: {exc}") from exc
+    return names
+
+
+def create_app(settings: Settings) -> ConveyorApp:
+    """Build the Celery app for ``settings``, with one task per registered job."""
+    if settings.broker_kind is BrokerKind.EMBEDDED:
+        tune_embedded_transport()
+    app = ConveyorApp("conveyor", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.settings = settings
+    app.ledger = Ledger(settings.database, pool_size=settings.db_pool_size)
+    app.runtime = Runtime(ledger=app.ledger, default_queue=settings.default_queue)
+    import_task_modules(settings)
+    for spec in REGISTRY.values():
+        _register(app, spec)
+    return app
+
+
+def _register(app: ConveyorApp, spec: JobSpec) -> None:
+    runtime = app.runtime
+    default_queue = app.settings.default_queue
+
+    def run(task: Task, **payload: Any) -> Any:
+        delivery = delivery_from_request(task.request, payload, default_queue)
+        try:
+            return runtime.execute(spec, delivery)
+        except Postpone as later:
+            # Republish the same job (same id and payload) for later, then ack this message.
+            raise task.retry(countdown=later.delay_s, max_retries=None) from None
+
+    # Celery compiles a signature from the function's name: it must be an identifier.
+    run.__name__ = run.__qualname__ = "".join(c if c.isalnum() else "_" for c in spec.name)
+    run.__doc__ = spec.fn.__doc__
+    options: dict[str, Any] = {
+        "name": spec.name,
+        "bind": True,
+        "typing": False,
+        "soft_time_limit": spec.timeout_s,
+        "time_limit": spec.timeout_s + HARD_LIMIT_GRACE_S,
+    }
+    if spec.queue is not None:
+        options["queue"] = spec.queue
+    app.task(**options)(run)

@@ -1,0 +1,287 @@
+"""``conveyor``: the command line for producers, operators and developers.
+
+User mistakes (bad settings, bad arguments, unknown jobs, unreachable services) end in
+one line on stderr and a non-zero exit, never a traceback. Every read command takes
+``--json`` and then prints only JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from functools import cached_property
+from typing import Any, NoReturn
+
+import click
+from kombu.exceptions import OperationalError as BrokerError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import OperationalError as DatabaseError
+from sqlalchemy.exc import ProgrammingError
+
+from config import Settings, load_settings
+from worker.app import ConveyorApp, create_app, import_task_modules
+from worker.errors import ConveyorError, UsageError
+from worker.jobs import REGISTRY, spec_for
+from worker.models import JobState
+from worker.policy import schedule, worst_case_total_s
+from worker.schema import ensure_schema
+from worker.views import job_view
+
+EXIT_ERROR = 1
+
+
+class State:
+    """What commands share: settings and app, built only when a command needs them."""
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def app(self) -> ConveyorApp:
+        ensure_schema(self.settings)
+        return create_app(self.settings)
+
+
+pass_state = click.make_pass_decorator(State, ensure=True)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Conveyor: a job-processing platform on Celery."""
+
+
+@cli.command()
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: all known).")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), help="Worker processes.")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
+@click.option("-n", "--hostname", help="Worker node name, e.g. w1@%h.")
+@click.option("--loglevel", default=None, help="Log level (default: CONVEYOR_LOG_LEVEL).")
+@pass_state
+def worker(
+    state: State,
+    queues: str | None,
+    concurrency: int | None,
+    pool: str,
+    hostname: str | None,
+    loglevel: str | None,
+) -> None:
+    """Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit)."""
+    app = state.app
+    level = loglevel or state.settings.log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if queues is None:
+        known = {state.settings.default_queue}
+        known |= {spec.queue for spec in REGISTRY.values() if spec.queue}
+        queues = ",".join(sorted(known))
+    argv = ["worker", "--queues", queues, "--pool", pool, "--loglevel", level]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    if hostname is not None:
+        argv += ["--hostname", hostname]
+    app.worker_main(argv)
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("payload", default="{}")
+@click.option("--key", "idempotency_key", help="Idempotency key: enqueue at most once per key.")
+@click.option("--queue", help="Queue to use instead of the job's own.")
+@click.option("--delay", type=click.FloatRange(0), help="Seconds to wait before running.")
+@click.option("--priority", type=click.IntRange(0, 9), help="Priority, 0 to 9.")
+@json_option
+@pass_state
+def enqueue(
+    state: State,
+    task: str,
+    payload: str,
+    idempotency_key: str | None,
+    queue: str | None,
+    delay: float | None,
+    priority: int | None,
+    as_json: bool,
+) -> None:
+    """Enqueue TASK with PAYLOAD (a JSON object) and print the job id."""
+    from worker.client import enqueue as enqueue_job
+
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"PAYLOAD is not valid JSON: {exc}") from None
+    job_id = enqueue_job(
+        task,
+        data,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        delay=delay,
+        priority=priority,
+        app=state.app,
+    )
+    if as_json:
+        emit_json({"id": job_id})
+    else:
+        click.echo(job_id)
+
+
+@cli.group()
+def jobs() -> None:
+    """Look at jobs in the ledger."""
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@json_option
+@pass_state
+def jobs_show(state: State, job_id: str, as_json: bool) -> None:
+    """Show one job."""
+    from worker.client import get_job
+
+    view = job_view(get_job(job_id, app=state.app))
+    if as_json:
+        emit_json(view)
+        return
+    for name, value in view.items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        click.echo(f"{name:>16}: {'-' if shown is None else shown}")
+
+
+@jobs.command("list")
+@click.option("--state", "job_state", type=click.Choice([s.value for s in JobState]))
+@click.option("--task")
+@click.option("--queue")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@json_option
+@pass_state
+def jobs_list(
+    state: State,
+    job_state: str | None,
+    task: str | None,
+    queue: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    rows = state.app.ledger.list(state=job_state, task=task, queue=queue, limit=limit)
+    views = [job_view(row) for row in rows]
+    if as_json:
+        emit_json(views)
+        return
+    table = Table("id", "task", "queue", "state", "attempts", "created")
+    for view in views:
+        table.add_row(
+            view["id"],
+            view["task"],
+            view["queue"],
+            view["state"],
+            str(view["attempts"]),
+            view["created_at"][:19],
+        )
+    Console().print(table)
+
+
+@jobs.command("policy")
+@click.argument("task")
+@json_option
+@pass_state
+def jobs_policy(state: State, task: str, as_json: bool) -> None:
+    """Print the retry schedule TASK follows until it is dead-lettered."""
+    import_task_modules(state.settings)
+    spec = spec_for(task)
+    steps = schedule(spec.policy)
+    total_s = worst_case_total_s(spec.policy)
+    if as_json:
+        emit_json(
+            {
+                "task": spec.name,
+                "max_attempts": spec.policy.max_attempts,
+                "retries": [asdict(step) for step in steps],
+                "max_total_delay_s": total_s,
+            }
+        )
+        return
+    table = Table("after attempt", "waits at least (s)", "waits at most (s)")
+    for step in steps:
+        table.add_row(str(step.attempt), f"{step.min_delay_s:g}", f"{step.max_delay_s:g}")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{spec.name}: {spec.policy.max_attempts} attempts; dead-lettered at most "
+        f"{total_s:g}s of waiting after the first failure (plus run time)."
+    )
+
+
+@cli.command()
+@pass_state
+def migrate(state: State) -> None:
+    """Apply the ledger's schema migrations (safe to run again)."""
+    from worker.migrate import upgrade
+
+    before, after = upgrade(state.settings.database)
+    if before == after:
+        click.echo(f"ledger already at revision {after}")
+    else:
+        click.echo(f"ledger migrated from {before or 'empty'} to revision {after}")
+
+
+@cli.command()
+@click.option("--jobs", "count", type=click.IntRange(1, 10_000), default=40, show_default=True)
+@click.option("-c", "--concurrency", type=click.IntRange(1, 32), default=2, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(5), default=120, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@json_option
+@pass_state
+def demo(
+    state: State, count: int, concurrency: int, timeout_s: float, seed: int, as_json: bool
+) -> None:
+    """Start a worker, run a mix of jobs through it and summarise what happened."""
+    from worker.demo import run_demo
+
+    summary = run_demo(
+        state.settings,
+        app=state.app,
+        count=count,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        seed=seed,
+        console=Console(stderr=as_json),
+    )
+    if as_json:
+        emit_json(summary)
+    if summary["unfinished"]:
+        fail(f"{summary['unfinished']} of {count} jobs did not finish within {timeout_s:g}s")
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"conveyor: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``conveyor`` command."""
+    try:
+        cli.main(args=argv, prog_name="conveyor", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        fail("aborted")
+    except ConveyorError as exc:
+        fail(str(exc))
+    except ProgrammingError as exc:
+        fail(f"the ledger's schema is missing or old ({exc.orig}); run `conveyor migrate`")
+    except DatabaseError as exc:
+        fail(f"cannot reach the ledger database: {str(exc.orig).strip().splitlines()[0]}")
+    except BrokerError as exc:
+        fail(f"cannot reach the broker: {exc}")
+
+
+if __name__ == "__main__":
+    main()

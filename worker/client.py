@@ -1,0 +1,111 @@
+"""The Python producer: ``from worker.client import enqueue, get_job``.
+
+:func:`enqueue` validates the job against the registry, writes the ledger row, then
+publishes the message. If the publish fails, the row is removed again, so a failed
+enqueue leaves nothing half-made; an enqueue that returned an id has both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from config import load_settings
+from worker.app import ConveyorApp, create_app
+from worker.constants import IDEMPOTENCY_HEADER
+from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UsageError
+from worker.jobs import JobSpec, spec_for
+from worker.ledger import NewJob
+from worker.models import Job, utcnow
+
+
+@cache
+def default_app() -> ConveyorApp:
+    """The app built from the environment's settings, once per process."""
+    return create_app(load_settings())
+
+
+def enqueue(
+    task_name: str,
+    payload: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+    delay: float | timedelta | None = None,
+    priority: int | None = None,
+    session: Session | None = None,
+    app: ConveyorApp | None = None,
+) -> str:
+    """Hand a job to Conveyor and return its id.
+
+    Raises :class:`~worker.errors.UnknownTask` or :class:`~worker.errors.PayloadInvalid`
+    for a job that could never run, and :class:`~worker.errors.EnqueueError` when the
+    broker did not take the message. With an ``idempotency_key`` already in the ledger,
+    nothing new is written or published and the existing job's id is returned.
+    """
+    if session is not None:
+        raise UsageError("enqueue(session=...) needs the transactional outbox, not yet available")
+    app = app or default_app()
+    spec = spec_for(task_name)
+    _validate(spec, payload)
+    delay_s = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if delay_s is not None and delay_s < 0:
+        raise UsageError("delay must be >= 0 seconds")
+    if priority is not None and not 0 <= priority <= 9:
+        raise UsageError("priority must be between 0 and 9")
+    target = queue or spec.queue or app.settings.default_queue
+    new = NewJob(
+        id=str(uuid.uuid4()),
+        task=spec.name,
+        queue=target,
+        payload=payload,
+        max_attempts=spec.policy.max_attempts,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        run_at=utcnow() + timedelta(seconds=delay_s) if delay_s else None,
+    )
+    job_id, created = app.ledger.create(new)
+    if not created:
+        return job_id
+    try:
+        app.send_task(
+            spec.name,
+            kwargs=payload,
+            task_id=job_id,
+            queue=target,
+            countdown=delay_s or None,
+            priority=priority,
+            headers={IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None,
+        )
+    except Exception as exc:
+        app.ledger.delete(job_id)
+        raise EnqueueError(f"the broker did not take job {job_id}: {exc}") from exc
+    return job_id
+
+
+def get_job(job_id: str, *, app: ConveyorApp | None = None) -> Job:
+    """The job's ledger row; raises :class:`~worker.errors.JobNotFound`."""
+    app = app or default_app()
+    found = app.ledger.get(job_id)
+    if found is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return found
+
+
+def _validate(spec: JobSpec, payload: Any) -> None:
+    if not isinstance(payload, dict):
+        raise PayloadInvalid("the payload must be a JSON object")
+    if spec.schema is not None:
+        try:
+            spec.schema.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "payload"
+            raise PayloadInvalid(
+                f"payload for {spec.name!r} is invalid at {where}: {first['msg']}"
+            ) from None

@@ -1,0 +1,120 @@
+"""The job API for task authors: ``@job`` and :class:`JobContext`.
+
+``@job`` only records a :class:`JobSpec` in the registry; the decorated function stays
+a plain function you can call in a unit test. The Celery app (:mod:`worker.app`)
+turns every registered spec into a Celery task when it is built, so importing a task
+module never touches a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from worker.errors import UnknownTask
+from worker.policy import Backoff, RetryPolicy
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a running job knows about itself.
+
+    ``session`` is a SQLAlchemy session on the ledger database. Its transaction commits
+    together with the job's success and rolls back when the attempt fails, so effects
+    written through it happen exactly once.
+    """
+
+    job_id: str
+    attempt: int
+    max_attempts: int
+    idempotency_key: str | None
+    task: str
+    queue: str
+    session: Session
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+JobFunction = Callable[[JobContext, Any], Any]
+F = TypeVar("F", bound=JobFunction)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything Conveyor knows about one job type."""
+
+    name: str
+    fn: JobFunction
+    queue: str | None
+    policy: RetryPolicy
+    timeout_s: float
+    schema: type[BaseModel] | None
+    log_payload: bool
+
+
+REGISTRY: dict[str, JobSpec] = {}
+"""Every job type defined by the imported task modules, by name."""
+
+
+def spec_for(name: str) -> JobSpec:
+    """The registered job called ``name``; raises :class:`~worker.errors.UnknownTask`."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        known = ", ".join(sorted(REGISTRY)) or "none"
+        raise UnknownTask(f"unknown task {name!r} (known: {known})")
+    return spec
+
+
+def job(
+    *,
+    name: str,
+    queue: str | None = None,
+    max_attempts: int = 5,
+    backoff: Backoff | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    schema: type[BaseModel] | None = None,
+    fatal: tuple[type[BaseException], ...] = (),
+    retry_on: tuple[type[BaseException], ...] = (),
+    log_payload: bool = False,
+) -> Callable[[F], F]:
+    """Declare a job type.
+
+    The function receives ``(ctx, payload)``: ``payload`` is an instance of ``schema``
+    when one is given (validated before the function runs; a mismatch dead-letters at
+    once), else the message's kwargs as a dict. Its return value must be JSON-serializable
+    (or a pydantic model) and is kept as the job's result. ``queue=None`` means the
+    deployment's default queue.
+    """
+    if not name or len(name) > 200:
+        raise ValueError("a job name must have 1 to 200 characters")
+    if timeout_s <= 0:
+        raise ValueError("timeout_s must be > 0")
+    policy = RetryPolicy(
+        max_attempts=max_attempts, backoff=backoff or Backoff(), fatal=fatal, retry_on=retry_on
+    )
+
+    def register(fn: F) -> F:
+        existing = REGISTRY.get(name)
+        if existing is not None and existing.fn is not fn:
+            qualified = f"{existing.fn.__module__}.{existing.fn.__qualname__}"
+            raise ValueError(f"job name {name!r} is already used by {qualified}")
+        REGISTRY[name] = JobSpec(
+            name=name,
+            fn=fn,
+            queue=queue,
+            policy=policy,
+            timeout_s=timeout_s,
+            schema=schema,
+            log_payload=log_payload,
+        )
+        return fn
+
+    return register

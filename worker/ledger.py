@@ -1,0 +1,386 @@
+"""Reads and writes of the ledger, each state change in one round trip where it can be.
+
+One :class:`Ledger` per process holds a pooled engine. Celery's prefork pool forks
+worker processes after start-up, so the engine is created lazily and re-created when
+the process id changes: a child never reuses its parent's connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.models import Job, JobAttempt, JobState, utcnow
+
+CLAIMABLE = (JobState.QUEUED, JobState.SCHEDULED)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be written by a producer."""
+
+    id: str
+    task: str
+    queue: str
+    payload: dict[str, Any]
+    max_attempts: int
+    idempotency_key: str | None = None
+    priority: int | None = None
+    run_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Outcome of trying to claim a job for one attempt.
+
+    ``attempt`` is set when the claim succeeded; otherwise ``state`` says why not and,
+    for a job another worker holds, ``busy_for_s`` says how long its lease still runs.
+    ``duplicate`` marks a foreign message whose idempotency key belongs to another job.
+    """
+
+    attempt: int | None
+    state: JobState
+    busy_for_s: float = 0.0
+    idempotency_key: str | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an attempt raised, as the ledger records it."""
+
+    error_type: str
+    message: str
+    traceback: str | None = None
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout and ``BEGIN IMMEDIATE``, so concurrent writers queue, not fail."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """A pooled engine for ``url``; SQLite files get their parent folder created."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+class Ledger:
+    """The ledger of one database, safe to share between threads of one process."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine = make_engine(self.url, pool_size=self._pool_size)
+                    self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+                    self._pid = os.getpid()
+        return self._engine
+
+    def session(self) -> Session:
+        """A new session; the caller commits or rolls back."""
+        _ = self.engine
+        assert self._sessions is not None
+        return self._sessions()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with self.session() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _insert(self) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(Job)
+        return sqlite.insert(Job)
+
+    # -- producers -------------------------------------------------------------------------------
+
+    def create(self, job: NewJob) -> tuple[str, bool]:
+        """Write a new job; returns ``(id, created)``.
+
+        With an idempotency key already in the ledger, nothing is written and the
+        existing job's id comes back with ``created=False``.
+        """
+        now = utcnow()
+        values = {
+            "id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "state": JobState.SCHEDULED if job.run_at else JobState.QUEUED,
+            "attempts": 0,
+            "max_attempts": job.max_attempts,
+            "idempotency_key": job.idempotency_key,
+            "payload": job.payload,
+            "priority": job.priority,
+            "run_at": job.run_at,
+            "created_at": now,
+            "updated_at": now,
+        }
+        statement = self._insert().values(**values)
+        if job.idempotency_key is not None:
+            statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        with self.transaction() as session:
+            inserted = session.execute(statement.returning(Job.id)).scalar_one_or_none()
+            if inserted is not None:
+                return inserted, True
+            existing = session.execute(
+                select(Job.id).where(Job.idempotency_key == job.idempotency_key)
+            ).scalar_one()
+            return existing, False
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job that was never handed to the broker (a failed enqueue)."""
+        with self.transaction() as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def claim(
+        self,
+        job_id: str,
+        *,
+        lease_s: float,
+        worker: str,
+        foreign: NewJob,
+    ) -> Claim:
+        """Take the job for one attempt, if nobody else holds it and it is not finished.
+
+        One UPDATE in the common case. A job with no row (sent by a foreign producer)
+        is inserted from ``foreign`` and claimed in the same statement.
+        """
+        now = utcnow()
+        lease_expires = now + timedelta(seconds=lease_s)
+        running = {
+            "state": JobState.RUNNING,
+            "attempts": Job.attempts + 1,
+            "started_at": now,
+            "updated_at": now,
+            "lease_expires_at": lease_expires,
+            "worker": worker,
+        }
+        claimable = Job.state.in_(CLAIMABLE) | (
+            (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now)
+        )
+        with self.transaction() as session:
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, claimable)
+                .values(**running)
+                .returning(Job.attempts, Job.idempotency_key)
+            ).one_or_none()
+            if claimed is not None:
+                return Claim(claimed.attempts, JobState.RUNNING, 0.0, claimed.idempotency_key)
+            row = session.execute(
+                select(Job.state, Job.lease_expires_at).where(Job.id == job_id)
+            ).one_or_none()
+            if row is None:
+                return self._claim_foreign(session, foreign, now, lease_expires, worker)
+            state, expires = JobState(row.state), row.lease_expires_at
+            busy_for_s = (expires - now).total_seconds() if expires is not None else 0.0
+            return Claim(None, state, max(busy_for_s, 0.0))
+
+    def _claim_foreign(
+        self, session: Session, job: NewJob, now: datetime, lease: datetime, worker: str
+    ) -> Claim:
+        statement = (
+            self._insert()
+            .values(
+                id=job.id,
+                task=job.task,
+                queue=job.queue,
+                state=JobState.RUNNING,
+                attempts=1,
+                max_attempts=job.max_attempts,
+                idempotency_key=job.idempotency_key,
+                payload=job.payload,
+                priority=job.priority,
+                created_at=now,
+                updated_at=now,
+                started_at=now,
+                lease_expires_at=lease,
+                worker=worker,
+            )
+            .on_conflict_do_nothing()
+        )
+        inserted = session.execute(statement.returning(Job.id)).scalar_one_or_none()
+        if inserted is not None:
+            return Claim(1, JobState.RUNNING, 0.0, job.idempotency_key)
+        state = session.execute(select(Job.state).where(Job.id == job.id)).scalar_one_or_none()
+        if state is None:  # the idempotency key belongs to another job: a duplicate message
+            return Claim(None, JobState.CANCELLED, duplicate=True)
+        # Another worker inserted the row first: wait for its lease, then look again.
+        return Claim(None, JobState(state), lease_s_left(lease, now))
+
+    def succeed(self, session: Session, job_id: str, attempt: int, result: Any) -> bool:
+        """Mark the attempt succeeded inside ``session``'s transaction; the caller commits.
+
+        The ``attempts`` check fences out a worker whose lease was taken over: if it
+        returns False, the caller must roll back so the job's effects are discarded.
+        """
+        now = utcnow()
+        updated = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+            .values(
+                state=JobState.SUCCEEDED,
+                result=result,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                error_type=None,
+                error_message=None,
+                error_traceback=None,
+            )
+            .returning(Job.id)
+        ).scalar_one_or_none()
+        return updated is not None
+
+    def fail(
+        self,
+        job_id: str,
+        attempt: int,
+        failure: Failure,
+        *,
+        retry_in_s: float | None,
+        dead_reason: str | None = None,
+    ) -> bool:
+        """Record a failed attempt: scheduled for a retry, or dead. Returns False if fenced."""
+        now = utcnow()
+        if retry_in_s is not None:
+            state, run_at, finished = JobState.SCHEDULED, now + timedelta(seconds=retry_in_s), None
+        else:
+            state, run_at, finished = JobState.DEAD, None, now
+        with self.transaction() as session:
+            started = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+                .values(
+                    state=state,
+                    run_at=run_at,
+                    finished_at=finished,
+                    updated_at=now,
+                    lease_expires_at=None,
+                    error_type=failure.error_type,
+                    error_message=failure.message,
+                    error_traceback=failure.traceback,
+                    dead_reason=dead_reason,
+                )
+                .returning(Job.started_at)
+            ).scalar_one_or_none()
+            if started is None and retry_in_s is not None:
+                return False
+            if started is None:
+                # Dead before any claim (a poison message): mark whatever state it is in.
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state.not_in([s.value for s in TERMINAL]))
+                    .values(
+                        state=JobState.DEAD,
+                        finished_at=now,
+                        updated_at=now,
+                        error_type=failure.error_type,
+                        error_message=failure.message,
+                        error_traceback=failure.traceback,
+                        dead_reason=dead_reason,
+                    )
+                )
+            session.execute(
+                insert(JobAttempt).values(
+                    job_id=job_id,
+                    attempt=attempt,
+                    outcome=state,
+                    started_at=started,
+                    finished_at=now,
+                    delay_s=retry_in_s,
+                    error_type=failure.error_type,
+                    error_message=failure.message,
+                )
+            )
+        return True
+
+    # -- readers ---------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        with self.session() as session:
+            return session.get(Job, job_id)
+
+    def attempts(self, job_id: str) -> Sequence[JobAttempt]:
+        with self.session() as session:
+            return session.scalars(
+                select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)
+            ).all()
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+    ) -> Sequence[Job]:
+        """Newest jobs first, filtered by any of state, task and queue."""
+        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(Job.state == state)
+        if task is not None:
+            query = query.where(Job.task == task)
+        if queue is not None:
+            query = query.where(Job.queue == queue)
+        with self.session() as session:
+            return session.scalars(query).all()
+
+    def count_by_state(self, *, ids: Sequence[str] | None = None) -> dict[str, int]:
+        query = select(Job.state, func.count()).group_by(Job.state)
+        if ids is not None:
+            query = query.where(Job.id.in_(ids))
+        with self.session() as session:
+            return {state: count for state, count in session.execute(query).tuples()}
+
+
+TERMINAL = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+
+
+def lease_s_left(lease: datetime, now: datetime) -> float:
+    return max((lease - now).total_seconds(), 0.0)

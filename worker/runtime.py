@@ -1,0 +1,214 @@
+"""One attempt of one job, from the message to the ledger.
+
+For each delivered message the worker:
+
+1. **claims** the job in the ledger (one UPDATE). A job that already finished is
+   acknowledged without running again; a job another worker holds is put back for
+   when that worker's lease ends; a job with no row (foreign producer) gets one.
+2. **validates** the payload against the job's schema; a mismatch dead-letters at once.
+3. **runs** the function with ``ctx.session`` open, and marks the job ``succeeded`` in
+   that same transaction, so the job's own writes and its success commit together.
+4. On an error, asks the retry policy: **retry** (state ``scheduled``, message
+   republished with a countdown) or **dead-letter** (state ``dead``).
+
+The message is acknowledged when :meth:`Runtime.execute` returns (Celery acks late).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker.constants import HARD_LIMIT_GRACE_S, IDEMPOTENCY_HEADER, LEASE_GRACE_S
+from worker.errors import Fatal, PayloadInvalid
+from worker.jobs import JobContext, JobSpec
+from worker.ledger import Failure, Ledger, NewJob
+from worker.policy import DeadLetter, decide
+
+log = logging.getLogger("conveyor.runtime")
+
+LEDGER_RETRY_S = 5.0
+"""How long a message waits before another try when the ledger could not be reached."""
+
+
+class LeaseLost(Exception):
+    """Another worker took this job over while it ran; this attempt's effects are discarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The parts of a Celery message the runtime needs."""
+
+    job_id: str
+    queue: str
+    payload: dict[str, Any]
+    idempotency_key: str | None
+    priority: int | None
+
+
+def delivery_from_request(request: Any, payload: dict[str, Any], default_queue: str) -> Delivery:
+    """Read a :class:`Delivery` from Celery's task request (protocol v2 message)."""
+    info = request.delivery_info or {}
+    headers = request.headers or {}
+    key = headers.get(IDEMPOTENCY_HEADER) or getattr(request, IDEMPOTENCY_HEADER, None)
+    return Delivery(
+        job_id=request.id,
+        queue=info.get("routing_key") or default_queue,
+        payload=payload,
+        idempotency_key=str(key) if key is not None else None,
+        priority=info.get("priority"),
+    )
+
+
+def lease_s(spec: JobSpec) -> float:
+    """How long a claim lasts: past the hard time limit, so only a dead worker loses it."""
+    return spec.timeout_s + HARD_LIMIT_GRACE_S + LEASE_GRACE_S
+
+
+def failure_of(error: BaseException) -> Failure:
+    return Failure(
+        error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+        message=str(error)[:4000],
+        traceback="".join(traceback.format_exception(error))[-16000:],
+    )
+
+
+def jsonable(value: Any) -> Any:
+    """The job's result as JSON data; anything else is a bug in the job, so fatal."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise Fatal(f"the job returned a value that is not JSON-serializable: {exc}") from exc
+
+
+class Postpone(Exception):
+    """Put the message back for later without counting an attempt."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        super().__init__(f"postponed {delay_s:.1f}s")
+
+
+class Runtime:
+    """Runs attempts against one ledger. One instance per Celery app (per process)."""
+
+    def __init__(self, *, ledger: Ledger, default_queue: str) -> None:
+        self.ledger = ledger
+        self.default_queue = default_queue
+        self.hostname = socket.gethostname()
+
+    def execute(self, spec: JobSpec, delivery: Delivery) -> Any:
+        """Run one attempt. Returns normally when the message may be acknowledged.
+
+        Raises :class:`Postpone` when the message must come back later: the job is held by
+        a live worker, or the ledger could not be reached (nothing is acknowledged then).
+        """
+        try:
+            return self._execute(spec, delivery)
+        except SQLAlchemyError as exc:
+            log.warning("ledger.unavailable job_id=%s error=%s", delivery.job_id, exc)
+            raise Postpone(LEDGER_RETRY_S) from exc
+
+    def _execute(self, spec: JobSpec, delivery: Delivery) -> Any:
+        queue = delivery.queue
+        claim = self.ledger.claim(
+            delivery.job_id,
+            lease_s=lease_s(spec),
+            worker=self.hostname,
+            foreign=NewJob(
+                id=delivery.job_id,
+                task=spec.name,
+                queue=queue,
+                payload=delivery.payload,
+                max_attempts=spec.policy.max_attempts,
+                idempotency_key=delivery.idempotency_key,
+                priority=delivery.priority,
+            ),
+        )
+        if claim.attempt is None:
+            if claim.state.is_terminal or claim.duplicate:
+                log.info("job.skipped job_id=%s state=%s", delivery.job_id, claim.state)
+                return None
+            raise Postpone(max(claim.busy_for_s, 1.0))
+        attempt = claim.attempt
+        if attempt > spec.policy.max_attempts:
+            # Earlier attempts died with their process (killed, hard time limit): stop here.
+            self._dead(delivery.job_id, attempt, "exhausted", crashed_failure(attempt - 1))
+            return None
+        try:
+            return self._run(spec, delivery, attempt, claim.idempotency_key)
+        except LeaseLost:
+            log.warning("job.lease_lost job_id=%s attempt=%d", delivery.job_id, attempt)
+            return None
+        except Exception as error:
+            return self._failed(spec, delivery.job_id, attempt, error)
+
+    def _run(self, spec: JobSpec, delivery: Delivery, attempt: int, key: str | None) -> Any:
+        payload: Any = delivery.payload
+        if spec.schema is not None:
+            try:
+                payload = spec.schema.model_validate(delivery.payload)
+            except ValidationError as exc:
+                raise PayloadInvalid(
+                    f"payload does not match {spec.schema.__name__}: {exc}"
+                ) from exc
+        with self.ledger.session() as session, session.begin():
+            ctx = JobContext(
+                job_id=delivery.job_id,
+                attempt=attempt,
+                max_attempts=spec.policy.max_attempts,
+                idempotency_key=key,
+                task=spec.name,
+                queue=delivery.queue,
+                session=session,
+            )
+            result = jsonable(spec.fn(ctx, payload))
+            if not self.ledger.succeed(session, delivery.job_id, attempt, result):
+                raise LeaseLost(delivery.job_id)
+        log.info("job.succeeded job_id=%s task=%s attempt=%d", delivery.job_id, spec.name, attempt)
+        return result
+
+    def _failed(self, spec: JobSpec, job_id: str, attempt: int, error: Exception) -> None:
+        decision = decide(attempt, error, spec.policy)
+        failure = failure_of(error)
+        if isinstance(decision, DeadLetter):
+            self._dead(job_id, attempt, decision.reason, failure)
+            return
+        if not self.ledger.fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
+            log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
+            return
+        log.warning(
+            "job.retry_scheduled job_id=%s task=%s attempt=%d delay_s=%.2f error=%s",
+            job_id,
+            spec.name,
+            attempt,
+            decision.delay_s,
+            failure.error_type,
+        )
+        raise Postpone(decision.delay_s)
+
+    def _dead(self, job_id: str, attempt: int, reason: str, failure: Failure) -> None:
+        self.ledger.fail(job_id, attempt, failure, retry_in_s=None, dead_reason=reason)
+        log.error(
+            "job.dead job_id=%s attempt=%d reason=%s error=%s",
+            job_id,
+            attempt,
+            reason,
+            failure.error_type,
+        )
+
+
+def crashed_failure(attempt: int) -> Failure:
+    return Failure(
+        error_type="worker.errors.WorkerLost",
+        message=f"attempt {attempt} ended with its worker process (killed or hard time limit)",
+    )

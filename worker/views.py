@@ -1,0 +1,41 @@
+"""How jobs look to people and programs: the JSON shapes of ``--json`` and the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from worker.models import Job
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """One job as a JSON object (the shape ``conveyor jobs show --json`` prints)."""
+    error = None
+    if job.error_type is not None:
+        error = {
+            "type": job.error_type,
+            "message": job.error_message,
+            "reason": job.dead_reason,
+        }
+    return {
+        "id": job.id,
+        "task": job.task,
+        "queue": job.queue,
+        "state": job.state,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "idempotency_key": job.idempotency_key,
+        "priority": job.priority,
+        "payload": job.payload,
+        "result": job.result,
+        "error": error,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "run_at": iso(job.run_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
