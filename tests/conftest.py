@@ -20,8 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 from kombu import Connection
+from sqlalchemy import create_engine
 
 from config import load_settings
+from tests import jobs as test_jobs
 from worker.app import ConveyorApp, create_app
 from worker.migrate import upgrade
 
@@ -56,11 +58,18 @@ def drop_database(url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+TEST_JOBS = "tests.jobs"
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A migrated ledger database on the real PostgreSQL, for the whole session."""
+    """A migrated ledger database on the real PostgreSQL (plus the test jobs' tables)."""
     url = create_database()
-    upgrade(url.replace("postgresql://", "postgresql+psycopg://"))
+    driver_url = url.replace("postgresql://", "postgresql+psycopg://")
+    upgrade(driver_url)
+    engine = create_engine(driver_url)
+    test_jobs.metadata.create_all(engine)
+    engine.dispose()
     yield url
     drop_database(url)
 
@@ -95,15 +104,20 @@ def env(tmp_path: Path, broker_url: str, pg_url: str) -> dict[str, str]:
         "CONVEYOR_BROKER_URL": broker_url,
         "CONVEYOR_DATABASE_URL": pg_url,
         "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
+        "CONVEYOR_TASK_MODULES": TEST_JOBS,
     }
 
 
 @pytest.fixture
 def app(broker_url: str, pg_url: str, tmp_path: Path) -> Iterator[ConveyorApp]:
     """An in-process app (producer side) on the same broker and ledger as `env`."""
-    built = create_app(
-        load_settings(broker_url=broker_url, database_url=pg_url, data_dir=tmp_path / "var")
+    settings = load_settings(
+        broker_url=broker_url,
+        database_url=pg_url,
+        data_dir=tmp_path / "var",
+        task_modules=[TEST_JOBS],
     )
+    built = create_app(settings)
     yield built
     built.ledger.dispose()
     built.close()
@@ -124,34 +138,76 @@ def run_cli(
     )
 
 
-WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+ProcessFactory = Callable[..., subprocess.Popen[bytes]]
+WorkerFactory = ProcessFactory
+
+
+class Processes:
+    """Real `conveyor` processes started by a test, each in its own process group."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp_path / f"{args[0]}-{len(self.started)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # so a test can kill the worker and its pool at once
+        )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.started:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and all its pool processes, as a crash or an OOM kill would."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
-    """Start real `conveyor worker` processes; all are stopped (SIGTERM, then KILL) after."""
-    processes: list[subprocess.Popen[bytes]] = []
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def start_worker(processes: Processes) -> WorkerFactory:
+    """Start a real `conveyor worker` on a queue; stopped (SIGTERM, then KILL) after."""
 
     def start(
         env: dict[str, str], queue: str, *, concurrency: int = 2, pool: str = "prefork"
     ) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"worker-{len(processes)}.log").open("wb")
-        command = [sys.executable, "-m", "worker.cli", "worker", "-Q", queue]
-        command += ["-c", str(concurrency), "--pool", pool, "--loglevel", "INFO"]
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
-        processes.append(process)
-        return process
+        args = ["worker", "-Q", queue, "-c", str(concurrency), "--pool", pool]
+        return processes.start(env, *args, "--loglevel", "INFO")
 
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return start
+
+
+@pytest.fixture
+def start_relay(processes: Processes) -> ProcessFactory:
+    """Start a real `conveyor relay` (due retries, lease recovery); stopped after."""
+
+    def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return processes.start(env, "relay", "--poll", "0.1")
+
+    return start
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 60, every_s: float = 0.2) -> Any:

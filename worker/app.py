@@ -75,7 +75,8 @@ def _register(app: ConveyorApp, spec: JobSpec) -> None:
         try:
             return runtime.execute(spec, delivery)
         except Postpone as later:
-            # Republish the same job (same id and payload) for later, then ack this message.
+            # The ledger is unreachable: republish the same message (same id and payload)
+            # for a little later, then ack this one. No attempt was recorded or counted.
             raise task.retry(countdown=later.delay_s, max_retries=None) from None
 
     # Celery compiles a signature from the function's name: it must be an identifier.

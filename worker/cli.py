@@ -23,6 +23,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from config import Settings, load_settings
 from worker.app import ConveyorApp, create_app, import_task_modules
+from worker.constants import RELAY_POLL_S
 from worker.errors import ConveyorError, UsageError
 from worker.jobs import REGISTRY, spec_for
 from worker.models import JobState
@@ -31,6 +32,7 @@ from worker.schema import ensure_schema
 from worker.views import job_view
 
 EXIT_ERROR = 1
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 class State:
@@ -77,7 +79,7 @@ def worker(
     """Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit)."""
     app = state.app
     level = loglevel or state.settings.log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     if queues is None:
         known = {state.settings.default_queue}
         known |= {spec.queue for spec in REGISTRY.values() if spec.queue}
@@ -216,6 +218,19 @@ def jobs_policy(state: State, task: str, as_json: bool) -> None:
         f"{spec.name}: {spec.policy.max_attempts} attempts; dead-lettered at most "
         f"{total_s:g}s of waiting after the first failure (plus run time)."
     )
+
+
+@cli.command()
+@click.option("--poll", "poll_s", type=click.FloatRange(0.01, 60), default=RELAY_POLL_S)
+@pass_state
+def relay(state: State, poll_s: float) -> None:
+    """Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it)."""
+    from worker.relay import Relay
+
+    logging.basicConfig(level=state.settings.log_level, format=LOG_FORMAT)
+    runner = Relay(state.app, poll_s=poll_s)
+    runner.stop_on_signals()
+    runner.run()
 
 
 @cli.command()

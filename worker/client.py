@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 
 from config import load_settings
 from worker.app import ConveyorApp, create_app
-from worker.constants import IDEMPOTENCY_HEADER
 from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UsageError
 from worker.jobs import JobSpec, spec_for
 from worker.ledger import NewJob
 from worker.models import Job, utcnow
+from worker.publish import publish
 
 
 @cache
@@ -46,7 +46,8 @@ def enqueue(
     Raises :class:`~worker.errors.UnknownTask` or :class:`~worker.errors.PayloadInvalid`
     for a job that could never run, and :class:`~worker.errors.EnqueueError` when the
     broker did not take the message. With an ``idempotency_key`` already in the ledger,
-    nothing new is written or published and the existing job's id is returned.
+    nothing new is written or published and the existing job's id is returned. A job with
+    a ``delay`` waits in the ledger (state ``scheduled``) until the relay publishes it.
     """
     if session is not None:
         raise UsageError("enqueue(session=...) needs the transactional outbox, not yet available")
@@ -70,17 +71,18 @@ def enqueue(
         run_at=utcnow() + timedelta(seconds=delay_s) if delay_s else None,
     )
     job_id, created = app.ledger.create(new)
-    if not created:
+    if not created or new.run_at is not None:
+        # A duplicate key publishes nothing; a delayed job waits in the ledger for the relay.
         return job_id
     try:
-        app.send_task(
-            spec.name,
-            kwargs=payload,
-            task_id=job_id,
+        publish(
+            app,
+            job_id=job_id,
+            task=spec.name,
             queue=target,
-            countdown=delay_s or None,
+            payload=payload,
             priority=priority,
-            headers={IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None,
+            idempotency_key=idempotency_key,
         )
     except Exception as exc:
         app.ledger.delete(job_id)

@@ -1,7 +1,8 @@
 """``conveyor demo``: a worker, a mix of jobs, live progress and a summary from the ledger.
 
 The mix is seeded: most jobs succeed at once, some fail once or twice and then succeed,
-and some can never succeed (they are dead-lettered, exhausted or fatal). The demo uses
+and some can never succeed (they are dead-lettered, exhausted or fatal). The demo starts
+a real worker and a real relay (which publishes the retries when they are due). The demo uses
 a queue of its own, so it never takes or leaves work on a shared broker's real queues.
 """
 
@@ -48,19 +49,20 @@ def job_mix(count: int, seed: int) -> list[dict[str, Any]]:
     return payloads
 
 
-def start_worker(queue: str, concurrency: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A real ``conveyor worker`` process on the demo's queue, with this process's settings.
-
-    Its log goes to ``log_path`` so that the live table stays readable.
-    """
-    command = [sys.executable, "-m", "worker.cli", "worker", "-Q", queue]
-    command += ["-c", str(concurrency), "--loglevel", "WARNING"]
+def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A real ``conveyor ARGS`` process with this process's settings, logging to ``log_path``
+    so that the live table stays readable."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
-        return subprocess.Popen(command, env=dict(os.environ), stdout=log_file, stderr=log_file)
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *args],
+            env=dict(os.environ),
+            stdout=log_file,
+            stderr=log_file,
+        )
 
 
-def stop_worker(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     """Warm shutdown (SIGTERM lets running jobs finish); kill only if it hangs."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -98,9 +100,12 @@ def run_demo(
     """Run the demo and return its summary (also printed as a table on ``console``)."""
     queue = f"demo-{uuid.uuid4().hex[:8]}"
     console.print(f"broker: {settings.broker_kind.value}, ledger: {app.ledger.engine.dialect.name}")
-    log_path = settings.data_dir / "demo-worker.log"
-    console.print(f"worker log: {log_path}")
-    worker = start_worker(queue, concurrency, log_path)
+    log_path = settings.data_dir / "demo.log"
+    console.print(f"worker and relay log: {log_path}")
+    worker = start(
+        ["worker", "-Q", queue, "-c", str(concurrency), "--loglevel", "WARNING"], log_path
+    )
+    relay = start(["relay"], log_path)
     started = time.monotonic()
     try:
         ids = [enqueue("demo.work", p, queue=queue, app=app) for p in job_mix(count, seed)]
@@ -111,17 +116,19 @@ def run_demo(
                 live.update(progress_table(counts, count, time.monotonic() - started))
                 if sum(counts.get(s.value, 0) for s in TERMINAL_STATES) == count:
                     break
-                if worker.poll() is not None:
-                    console.print(f"[red]the worker exited with code {worker.returncode}[/red]")
+                if worker.poll() is not None or relay.poll() is not None:
+                    console.print("[red]the worker or the relay exited early; see the log[/red]")
                     break
                 time.sleep(0.25)
         elapsed_s = time.monotonic() - started
     finally:
-        stop_worker(worker)
+        stop(worker)
+        stop(relay)
     summary = summarise(app, ids, elapsed_s)
     if not summary["unfinished"]:
         delete_queue(app, queue)
     summary["worker_exit_code"] = worker.returncode
+    summary["relay_exit_code"] = relay.returncode
     console.print(summary_table(summary))
     return summary
 

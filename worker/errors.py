@@ -62,3 +62,7 @@ class JobNotFound(UsageError):
 
 class EnqueueError(ConveyorError):
     """The job could not be handed to the broker; nothing was left half-made."""
+
+
+class WorkerLost(Retryable):
+    """An attempt ended with its worker process (killed, or past its hard time limit)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,9 +19,14 @@ from sqlalchemy import Engine, create_engine, delete, event, func, insert, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.errors import WorkerLost
 from worker.models import Job, JobAttempt, JobState, utcnow
 
 CLAIMABLE = (JobState.QUEUED, JobState.SCHEDULED)
+WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
+
+Publish = Callable[[Job], None]
+"""Hands one job's message to the broker; raises if the broker did not take it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +345,73 @@ class Ledger:
             )
         return True
 
+    def renew(self, running: dict[str, int], *, lease_s: float) -> None:
+        """Extend the leases of ``{job_id: attempt}`` still held by those attempts."""
+        expires = utcnow() + timedelta(seconds=lease_s)
+        with self.transaction() as session:
+            for job_id, attempt in running.items():
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+                    .values(lease_expires_at=expires)
+                )
+
+    # -- the relay -------------------------------------------------------------------------------
+
+    def release_due(self, publish: Publish, *, limit: int) -> int:
+        """Publish scheduled jobs whose time has come and mark them ``queued``.
+
+        Rows are locked with ``SKIP LOCKED``, so several relays never publish the same row
+        in one pass. The publish happens before the commit: a relay that dies in between
+        leaves the rows scheduled and they are published again (the claim drops the extra
+        message), so nothing is lost.
+        """
+        now = utcnow()
+        with self.transaction() as session:
+            rows = session.scalars(
+                select(Job)
+                .where(Job.state == JobState.SCHEDULED, Job.run_at <= now)
+                .order_by(Job.run_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                publish(row)
+                row.state, row.run_at, row.updated_at = JobState.QUEUED, None, now
+            return len(rows)
+
+    def recover_expired(self, publish: Publish, *, limit: int) -> int:
+        """Put back running jobs whose lease expired (their worker vanished).
+
+        The lost attempt is recorded (outcome ``lost``) and still counts: a job that kills
+        its worker every time is dead-lettered after its last attempt.
+        """
+        now = utcnow()
+        with self.transaction() as session:
+            rows = session.scalars(
+                select(Job)
+                .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+                .order_by(Job.lease_expires_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                publish(row)
+                session.add(
+                    JobAttempt(
+                        job_id=row.id,
+                        attempt=row.attempts,
+                        outcome="lost",
+                        started_at=row.started_at,
+                        finished_at=now,
+                        error_type=WORKER_LOST,
+                        error_message=f"lease expired at {row.lease_expires_at:%H:%M:%S}Z "
+                        f"on {row.worker}",
+                    )
+                )
+                row.state, row.lease_expires_at, row.updated_at = JobState.QUEUED, None, now
+            return len(rows)
+
     # -- readers ---------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
@@ -376,7 +448,7 @@ class Ledger:
         if ids is not None:
             query = query.where(Job.id.in_(ids))
         with self.session() as session:
-            return {state: count for state, count in session.execute(query).tuples()}
+            return {state: count for state, count in session.execute(query)}
 
 
 TERMINAL = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)

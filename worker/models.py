@@ -112,6 +112,8 @@ class Job(Base):
         Index("ix_conveyor_jobs_state_queue", "state", "queue"),
         Index("ix_conveyor_jobs_task_created", "task", "created_at"),
         Index("ix_conveyor_jobs_created_id", "created_at", "id"),
+        Index("ix_conveyor_jobs_state_run_at", "state", "run_at"),
+        Index("ix_conveyor_jobs_state_lease", "state", "lease_expires_at"),
     )
 
 

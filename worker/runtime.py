@@ -2,16 +2,19 @@
 
 For each delivered message the worker:
 
-1. **claims** the job in the ledger (one UPDATE). A job that already finished is
-   acknowledged without running again; a job another worker holds is put back for
-   when that worker's lease ends; a job with no row (foreign producer) gets one.
+1. **claims** the job in the ledger (one UPDATE) with a short lease that a heartbeat
+   renews while the job runs. A job that already finished, or that a live worker holds,
+   is acknowledged without running (a duplicate delivery); a job with no row (foreign
+   producer) gets one.
 2. **validates** the payload against the job's schema; a mismatch dead-letters at once.
 3. **runs** the function with ``ctx.session`` open, and marks the job ``succeeded`` in
    that same transaction, so the job's own writes and its success commit together.
-4. On an error, asks the retry policy: **retry** (state ``scheduled``, message
-   republished with a countdown) or **dead-letter** (state ``dead``).
+4. On an error, asks the retry policy: **retry** (state ``scheduled`` with ``run_at``; the
+   relay publishes it when due) or **dead-letter** (state ``dead``).
 
-The message is acknowledged when :meth:`Runtime.execute` returns (Celery acks late).
+The message is acknowledged when :meth:`Runtime.execute` returns (Celery acks late), which
+is only ever after the attempt's outcome is in the ledger. A retry never waits in a
+worker's memory: it waits in the ledger, which survives worker and broker restarts.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.constants import HARD_LIMIT_GRACE_S, IDEMPOTENCY_HEADER, LEASE_GRACE_S
+from worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, LEASE_S
 from worker.errors import Fatal, PayloadInvalid
+from worker.heartbeat import Heartbeat
 from worker.jobs import JobContext, JobSpec
-from worker.ledger import Failure, Ledger, NewJob
+from worker.ledger import WORKER_LOST, Failure, Ledger, NewJob
 from worker.policy import DeadLetter, decide
 
 log = logging.getLogger("conveyor.runtime")
@@ -40,6 +44,14 @@ LEDGER_RETRY_S = 5.0
 
 class LeaseLost(Exception):
     """Another worker took this job over while it ran; this attempt's effects are discarded."""
+
+
+class Postpone(Exception):
+    """Put the message back for later without counting an attempt (the ledger is down)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        super().__init__(f"postponed {delay_s:.1f}s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +79,6 @@ def delivery_from_request(request: Any, payload: dict[str, Any], default_queue: 
     )
 
 
-def lease_s(spec: JobSpec) -> float:
-    """How long a claim lasts: past the hard time limit, so only a dead worker loses it."""
-    return spec.timeout_s + HARD_LIMIT_GRACE_S + LEASE_GRACE_S
-
-
 def failure_of(error: BaseException) -> Failure:
     return Failure(
         error_type=f"{type(error).__module__}.{type(error).__qualname__}",
@@ -90,14 +97,6 @@ def jsonable(value: Any) -> Any:
         raise Fatal(f"the job returned a value that is not JSON-serializable: {exc}") from exc
 
 
-class Postpone(Exception):
-    """Put the message back for later without counting an attempt."""
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        super().__init__(f"postponed {delay_s:.1f}s")
-
-
 class Runtime:
     """Runs attempts against one ledger. One instance per Celery app (per process)."""
 
@@ -105,12 +104,13 @@ class Runtime:
         self.ledger = ledger
         self.default_queue = default_queue
         self.hostname = socket.gethostname()
+        self.heartbeat = Heartbeat(ledger, lease_s=LEASE_S, every_s=HEARTBEAT_EVERY_S)
 
     def execute(self, spec: JobSpec, delivery: Delivery) -> Any:
         """Run one attempt. Returns normally when the message may be acknowledged.
 
-        Raises :class:`Postpone` when the message must come back later: the job is held by
-        a live worker, or the ledger could not be reached (nothing is acknowledged then).
+        Raises :class:`Postpone` when the ledger could not be reached: the message must
+        come back later, since no outcome could be recorded.
         """
         try:
             return self._execute(spec, delivery)
@@ -119,15 +119,14 @@ class Runtime:
             raise Postpone(LEDGER_RETRY_S) from exc
 
     def _execute(self, spec: JobSpec, delivery: Delivery) -> Any:
-        queue = delivery.queue
         claim = self.ledger.claim(
             delivery.job_id,
-            lease_s=lease_s(spec),
+            lease_s=LEASE_S,
             worker=self.hostname,
             foreign=NewJob(
                 id=delivery.job_id,
                 task=spec.name,
-                queue=queue,
+                queue=delivery.queue,
                 payload=delivery.payload,
                 max_attempts=spec.policy.max_attempts,
                 idempotency_key=delivery.idempotency_key,
@@ -135,22 +134,27 @@ class Runtime:
             ),
         )
         if claim.attempt is None:
-            if claim.state.is_terminal or claim.duplicate:
-                log.info("job.skipped job_id=%s state=%s", delivery.job_id, claim.state)
-                return None
-            raise Postpone(max(claim.busy_for_s, 1.0))
+            # Finished, a duplicate by key, or held by a live worker: this message is
+            # redundant. If that worker dies, the relay recovers the job when its lease ends.
+            log.info("job.skipped job_id=%s state=%s", delivery.job_id, claim.state)
+            return None
         attempt = claim.attempt
         if attempt > spec.policy.max_attempts:
             # Earlier attempts died with their process (killed, hard time limit): stop here.
-            self._dead(delivery.job_id, attempt, "exhausted", crashed_failure(attempt - 1))
+            failure = Failure(WORKER_LOST, f"attempt {attempt - 1} ended with its worker")
+            self._dead(delivery.job_id, attempt, "exhausted", failure)
             return None
         try:
-            return self._run(spec, delivery, attempt, claim.idempotency_key)
+            with self.heartbeat.hold(delivery.job_id, attempt):
+                return self._run(spec, delivery, attempt, claim.idempotency_key)
         except LeaseLost:
             log.warning("job.lease_lost job_id=%s attempt=%d", delivery.job_id, attempt)
             return None
+        except SQLAlchemyError:
+            raise
         except Exception as error:
-            return self._failed(spec, delivery.job_id, attempt, error)
+            self._failed(spec, delivery.job_id, attempt, error)
+            return None
 
     def _run(self, spec: JobSpec, delivery: Delivery, attempt: int, key: str | None) -> Any:
         payload: Any = delivery.payload
@@ -158,9 +162,8 @@ class Runtime:
             try:
                 payload = spec.schema.model_validate(delivery.payload)
             except ValidationError as exc:
-                raise PayloadInvalid(
-                    f"payload does not match {spec.schema.__name__}: {exc}"
-                ) from exc
+                name = spec.schema.__name__
+                raise PayloadInvalid(f"payload does not match {name}: {exc}") from exc
         with self.ledger.session() as session, session.begin():
             ctx = JobContext(
                 job_id=delivery.job_id,
@@ -182,19 +185,17 @@ class Runtime:
         failure = failure_of(error)
         if isinstance(decision, DeadLetter):
             self._dead(job_id, attempt, decision.reason, failure)
-            return
-        if not self.ledger.fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
+        elif self.ledger.fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
+            log.warning(
+                "job.retry_scheduled job_id=%s task=%s attempt=%d delay_s=%.2f error=%s",
+                job_id,
+                spec.name,
+                attempt,
+                decision.delay_s,
+                failure.error_type,
+            )
+        else:
             log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
-            return
-        log.warning(
-            "job.retry_scheduled job_id=%s task=%s attempt=%d delay_s=%.2f error=%s",
-            job_id,
-            spec.name,
-            attempt,
-            decision.delay_s,
-            failure.error_type,
-        )
-        raise Postpone(decision.delay_s)
 
     def _dead(self, job_id: str, attempt: int, reason: str, failure: Failure) -> None:
         self.ledger.fail(job_id, attempt, failure, retry_in_s=None, dead_reason=reason)
@@ -205,10 +206,3 @@ class Runtime:
             reason,
             failure.error_type,
         )
-
-
-def crashed_failure(attempt: int) -> Failure:
-    return Failure(
-        error_type="worker.errors.WorkerLost",
-        message=f"attempt {attempt} ended with its worker process (killed or hard time limit)",
-    )

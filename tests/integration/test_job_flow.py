@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from celery import Celery
 
-from tests.conftest import WorkerFactory, run_cli, wait_for
+from tests.conftest import ProcessFactory, WorkerFactory, run_cli, wait_for
 from worker.app import ConveyorApp
 from worker.client import enqueue, get_job
 from worker.models import JobState
@@ -73,13 +73,18 @@ def test_same_idempotency_key_returns_the_same_job_and_runs_once(
 
 
 def test_transient_failures_retry_within_the_policy_then_succeed(
-    app: ConveyorApp, env: dict[str, str], queue: str, start_worker: WorkerFactory
+    app: ConveyorApp,
+    env: dict[str, str],
+    queue: str,
+    start_worker: WorkerFactory,
+    start_relay: ProcessFactory,
 ) -> None:
     from tasks.demo import work  # noqa: F401  (registers demo.work)
     from worker.jobs import spec_for
 
     policy = spec_for("demo.work").policy
     start_worker(env, queue)
+    start_relay(env)
     job_id = enqueue("demo.work", {"n": 2, "fail_times": 2}, queue=queue, app=app)
     assert wait_for(lambda: terminal(app, job_id)) == "succeeded"
 
@@ -101,9 +106,14 @@ def test_transient_failures_retry_within_the_policy_then_succeed(
 
 
 def test_exhausted_and_fatal_jobs_end_dead_with_their_error(
-    app: ConveyorApp, env: dict[str, str], queue: str, start_worker: WorkerFactory
+    app: ConveyorApp,
+    env: dict[str, str],
+    queue: str,
+    start_worker: WorkerFactory,
+    start_relay: ProcessFactory,
 ) -> None:
     start_worker(env, queue)
+    start_relay(env)
     exhausted = enqueue("demo.work", {"n": 3, "always_fail": True}, queue=queue, app=app)
     fatal = enqueue("demo.work", {"n": 4, "fatal": True}, queue=queue, app=app)
     assert wait_for(lambda: terminal(app, exhausted)) == "dead"

@@ -1,0 +1,68 @@
+"""Jobs used only by the tests, loaded with ``CONVEYOR_TASK_MODULES=tests.jobs``.
+
+``test.count`` writes its effect through ``ctx.session`` first and works afterwards, which
+widens the window between the effect and the acknowledgement where a kill could cause a
+duplicate: if effects are exactly-once here, they are exactly-once anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, update
+
+from worker import Backoff, JobContext, RetryAfter, job
+
+metadata = MetaData()
+
+counters = Table(
+    "conveyor_test_counters",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+effects = Table(
+    "conveyor_test_effects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+)
+
+
+@job(name="test.count", max_attempts=5, backoff=Backoff(base_s=0.1, max_s=0.5))
+def count(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Add 1 to counter ``payload['counter']`` and record the effect, then sleep."""
+    ctx.session.execute(
+        update(counters)
+        .where(counters.c.name == payload["counter"])
+        .values(value=counters.c.value + 1)
+    )
+    ctx.session.execute(effects.insert().values(job_id=ctx.job_id, attempt=ctx.attempt))
+    time.sleep(payload.get("sleep_ms", 0) / 1000)
+    return ctx.attempt
+
+
+@job(name="test.crash", max_attempts=2, timeout_s=30)
+def crash(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Kill the worker process running this job, every time."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job(name="test.sleep", max_attempts=3, timeout_s=60)
+def sleep(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Sleep ``payload['s']`` seconds; returns the attempt that finished."""
+    time.sleep(float(payload["s"]))
+    return ctx.attempt
+
+
+@job(name="test.retry_after", max_attempts=3, backoff=Backoff(base_s=0.1, max_s=30))
+def retry_after(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Ask for a retry in ``payload['delay_s']`` for the first ``fail_times`` attempts."""
+    if ctx.attempt <= payload.get("fail_times", 1):
+        raise RetryAfter(float(payload["delay_s"]))
+    return ctx.attempt

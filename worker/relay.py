@@ -1,0 +1,75 @@
+"""The relay: the process that moves work from the ledger to the broker.
+
+Each pass it
+
+- publishes **due retries and delayed jobs** (state ``scheduled``, ``run_at`` passed), so a
+  delay waits in the ledger, never as an unacknowledged message in a worker's memory;
+- **recovers expired leases**: a ``running`` job whose worker stopped renewing its lease
+  (killed, frozen, cut off) is put back on its queue, counting the lost attempt.
+
+Several relays may run at once: rows are taken with ``SELECT … FOR UPDATE SKIP LOCKED``.
+Run at least one wherever workers run (``conveyor relay``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from functools import partial
+
+from worker.app import ConveyorApp
+from worker.constants import RELAY_BATCH, RELAY_POLL_S
+from worker.publish import publish_row
+
+log = logging.getLogger("conveyor.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one relay pass did."""
+
+    released: int
+    recovered: int
+
+
+class Relay:
+    """Polls the ledger and publishes what is due. Stop it with :meth:`stop` or SIGTERM."""
+
+    def __init__(
+        self, app: ConveyorApp, *, poll_s: float = RELAY_POLL_S, batch: int = RELAY_BATCH
+    ) -> None:
+        self.app = app
+        self.poll_s = poll_s
+        self.batch = batch
+        self._stopping = threading.Event()
+
+    def run_once(self) -> Pass:
+        publish = partial(publish_row, self.app)
+        released = self.app.ledger.release_due(publish, limit=self.batch)
+        recovered = self.app.ledger.recover_expired(publish, limit=self.batch)
+        if released or recovered:
+            log.info("relay.pass released=%d recovered=%d", released, recovered)
+        return Pass(released, recovered)
+
+    def run(self) -> None:
+        """Pass after pass until stopped; a failed pass (ledger or broker down) is retried."""
+        log.info("relay.started poll_s=%.2f batch=%d", self.poll_s, self.batch)
+        while not self._stopping.is_set():
+            try:
+                done = self.run_once()
+            except Exception:
+                log.warning("relay.pass_failed", exc_info=True)
+                self._stopping.wait(max(self.poll_s, 1.0))
+                continue
+            if done.released < self.batch and done.recovered < self.batch:
+                self._stopping.wait(self.poll_s)
+        log.info("relay.stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def stop_on_signals(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
