@@ -12,6 +12,7 @@ import logging
 import sys
 from dataclasses import asdict
 from functools import cached_property
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -222,13 +223,18 @@ def jobs_policy(state: State, task: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--poll", "poll_s", type=click.FloatRange(0.01, 60), default=RELAY_POLL_S)
+@click.option(
+    "--alive-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Touch this file after every pass (for liveness probes).",
+)
 @pass_state
-def relay(state: State, poll_s: float) -> None:
+def relay(state: State, poll_s: float, alive_file: Path | None) -> None:
     """Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it)."""
     from worker.relay import Relay
 
     logging.basicConfig(level=state.settings.log_level, format=LOG_FORMAT)
-    runner = Relay(state.app, poll_s=poll_s)
+    runner = Relay(state.app, poll_s=poll_s, alive_file=alive_file)
     runner.stop_on_signals()
     runner.run()
 

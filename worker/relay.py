@@ -18,6 +18,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from worker.app import ConveyorApp
 from worker.constants import RELAY_BATCH, RELAY_POLL_S
@@ -38,11 +39,17 @@ class Relay:
     """Polls the ledger and publishes what is due. Stop it with :meth:`stop` or SIGTERM."""
 
     def __init__(
-        self, app: ConveyorApp, *, poll_s: float = RELAY_POLL_S, batch: int = RELAY_BATCH
+        self,
+        app: ConveyorApp,
+        *,
+        poll_s: float = RELAY_POLL_S,
+        batch: int = RELAY_BATCH,
+        alive_file: Path | None = None,
     ) -> None:
         self.app = app
         self.poll_s = poll_s
         self.batch = batch
+        self.alive_file = alive_file
         self._stopping = threading.Event()
 
     def run_once(self) -> Pass:
@@ -63,6 +70,8 @@ class Relay:
                 log.warning("relay.pass_failed", exc_info=True)
                 self._stopping.wait(max(self.poll_s, 1.0))
                 continue
+            if self.alive_file is not None:
+                self.alive_file.touch()  # liveness probes check this file's age
             if done.released < self.batch and done.recovered < self.batch:
                 self._stopping.wait(self.poll_s)
         log.info("relay.stopped")

@@ -34,7 +34,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-SERVICES = {"rabbitmq", "redis", "postgres", "migrate", "worker", "flower"}
+SERVICES = {"rabbitmq", "redis", "postgres", "migrate", "worker", "relay", "flower"}
 ONE_SHOT = {"migrate"}
 # Where each stateful service keeps what must survive a container re-creation.
 STATE_PATHS = {
@@ -146,7 +146,7 @@ def test_compose_file_is_valid() -> None:
 
 def test_stack_has_every_service(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) >= SERVICES, f"missing: {sorted(SERVICES - set(services))}"
-    assert {"migrate", "worker", "flower"} <= set(built_here(services))
+    assert {"migrate", "worker", "relay", "flower"} <= set(built_here(services))
 
 
 def test_every_long_running_service_has_a_healthcheck(
@@ -172,6 +172,8 @@ def test_healthchecks_probe_what_they_should(services: dict[str, dict[str, Any]]
     assert "pg_isready" in probe("postgres")
     assert re.search(r"inspect ping .*celery@\$\$\{?HOSTNAME", probe("worker")), probe("worker")
     assert "127.0.0.1:5555/healthcheck" in probe("flower")
+    alive_file = as_list(services["relay"]["command"])[-1]
+    assert alive_file in probe("relay"), probe("relay")
 
 
 def test_celery_app_module_named_by_the_stack_exists(
@@ -335,7 +337,7 @@ def test_every_conveyor_subcommand_in_the_stack_exists(
     default_cmd = [args for keyword, args in dockerfile_instructions() if keyword == "CMD"]
     assert default_cmd, "the Dockerfile has no default CMD"
     commands.add(as_list(yaml.safe_load(default_cmd[-1]))[0])
-    assert {"worker", "migrate"} <= commands, commands
+    assert {"worker", "migrate", "relay"} <= commands, commands
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONVEYOR_")}
     for command in sorted(commands):
         result = subprocess.run(
