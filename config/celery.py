@@ -48,12 +48,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "enable_utc": True,
         "timezone": "UTC",
+        # Poison messages (undecodable, unknown task, not JSON) are dead-lettered, not dropped.
+        "worker_consumer": "worker.poison:Consumer",
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }
     kind = settings.broker_kind
     if kind is BrokerKind.REDIS:
         # One visibility timeout, set alike everywhere Celery reads it.
+        # Garbage pushed onto a Redis list becomes a poison message, not a worker crash.
+        options["broker_transport"] = "worker.transports:RedisTransport"
         transport = {"visibility_timeout": settings.visibility_timeout_s}
         options["broker_transport_options"] = transport
         options["result_backend_transport_options"] = dict(transport)

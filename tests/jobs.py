@@ -12,9 +12,9 @@ import signal
 import time
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
 
-from worker import Backoff, JobContext, RetryAfter, job
+from worker import Backoff, Fatal, JobContext, RetryAfter, job
 
 metadata = MetaData()
 
@@ -66,3 +66,14 @@ def retry_after(ctx: JobContext, payload: dict[str, Any]) -> int:
     if ctx.attempt <= payload.get("fail_times", 1):
         raise RetryAfter(float(payload["delay_s"]))
     return ctx.attempt
+
+
+@job(name="test.gated", max_attempts=2, backoff=Backoff(base_s=0.1, max_s=0.2))
+def gated(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Fail (fatally if ``payload['fatal']``) while counter ``payload['gate']`` is 0."""
+    value = ctx.session.scalar(select(counters.c.value).where(counters.c.name == payload["gate"]))
+    if not value:
+        if payload.get("fatal"):
+            raise Fatal(f"gate {payload['gate']} is closed")
+        raise RuntimeError(f"gate {payload['gate']} is closed")
+    return "open"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task
@@ -17,6 +18,7 @@ from celery import Celery, Task
 from config import Settings, celery_config
 from config.settings import BrokerKind
 from worker.constants import HARD_LIMIT_GRACE_S
+from worker.deadletter import publish_dead_letter
 from worker.embedded import tune_embedded_transport
 from worker.errors import ConfigError
 from worker.jobs import REGISTRY, JobSpec
@@ -59,7 +61,11 @@ def create_app(settings: Settings) -> ConveyorApp:
     app.conf.update(celery_config(settings))
     app.settings = settings
     app.ledger = Ledger(settings.database, pool_size=settings.db_pool_size)
-    app.runtime = Runtime(ledger=app.ledger, default_queue=settings.default_queue)
+    app.runtime = Runtime(
+        ledger=app.ledger,
+        default_queue=settings.default_queue,
+        dead_letters=partial(publish_dead_letter, app),
+    )
     import_task_modules(settings)
     for spec in REGISTRY.values():
         _register(app, spec)

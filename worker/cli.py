@@ -11,9 +11,8 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 from kombu.exceptions import OperationalError as BrokerError
@@ -22,44 +21,26 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError
 
-from config import Settings, load_settings
-from worker.app import ConveyorApp, create_app, import_task_modules
+from worker.app import import_task_modules
+from worker.cli_common import State, emit_json, json_option, pass_state
+from worker.cli_dlq import dlq
 from worker.constants import RELAY_POLL_S
 from worker.errors import ConveyorError, UsageError
 from worker.jobs import REGISTRY, spec_for
 from worker.models import JobState
 from worker.policy import schedule, worst_case_total_s
-from worker.schema import ensure_schema
 from worker.views import job_view
 
 EXIT_ERROR = 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-class State:
-    """What commands share: settings and app, built only when a command needs them."""
-
-    @cached_property
-    def settings(self) -> Settings:
-        return load_settings()
-
-    @cached_property
-    def app(self) -> ConveyorApp:
-        ensure_schema(self.settings)
-        return create_app(self.settings)
-
-
-pass_state = click.make_pass_decorator(State, ensure=True)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Conveyor: a job-processing platform on Celery."""
+
+
+cli.add_command(dlq)
 
 
 @cli.command()

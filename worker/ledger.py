@@ -314,23 +314,8 @@ class Ledger:
                 )
                 .returning(Job.started_at)
             ).scalar_one_or_none()
-            if started is None and retry_in_s is not None:
+            if started is None:  # another worker took the job over: not ours to record
                 return False
-            if started is None:
-                # Dead before any claim (a poison message): mark whatever state it is in.
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state.not_in([s.value for s in TERMINAL]))
-                    .values(
-                        state=JobState.DEAD,
-                        finished_at=now,
-                        updated_at=now,
-                        error_type=failure.error_type,
-                        error_message=failure.message,
-                        error_traceback=failure.traceback,
-                        dead_reason=dead_reason,
-                    )
-                )
             session.execute(
                 insert(JobAttempt).values(
                     job_id=job_id,
@@ -411,6 +396,43 @@ class Ledger:
                 )
                 row.state, row.lease_expires_at, row.updated_at = JobState.QUEUED, None, now
             return len(rows)
+
+    def bury(self, job: NewJob, failure: Failure, reason: str) -> None:
+        """Record a poison message as a dead job, whether or not it had a row before."""
+        now = utcnow()
+        dead = {
+            "state": JobState.DEAD,
+            "dead_reason": reason,
+            "error_type": failure.error_type,
+            "error_message": failure.message,
+            "error_traceback": failure.traceback,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        with self.transaction() as session:
+            inserted = session.execute(
+                self._insert()
+                .values(
+                    id=job.id,
+                    task=job.task,
+                    queue=job.queue,
+                    attempts=0,
+                    max_attempts=job.max_attempts,
+                    idempotency_key=job.idempotency_key,
+                    payload=job.payload,
+                    priority=job.priority,
+                    created_at=now,
+                    **dead,
+                )
+                .on_conflict_do_nothing()
+                .returning(Job.id)
+            ).scalar_one_or_none()
+            if inserted is None:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.state.not_in([s.value for s in TERMINAL]))
+                    .values(**dead)
+                )
 
     # -- readers ---------------------------------------------------------------------------------
 

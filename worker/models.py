@@ -107,6 +107,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    replay_of: Mapped[str | None] = mapped_column(String(64))
+    """The dead job this one replays."""
+    replayed_as: Mapped[str | None] = mapped_column(String(64))
+    """Set on a dead job once it was replayed: the id of the new job."""
 
     __table_args__ = (
         Index("ix_conveyor_jobs_state_queue", "state", "queue"),
@@ -114,6 +118,8 @@ class Job(Base):
         Index("ix_conveyor_jobs_created_id", "created_at", "id"),
         Index("ix_conveyor_jobs_state_run_at", "state", "run_at"),
         Index("ix_conveyor_jobs_state_lease", "state", "lease_expires_at"),
+        Index("ix_conveyor_jobs_replay_of", "replay_of"),
+        Index("ix_conveyor_jobs_state_finished", "state", "finished_at"),
     )
 
 
@@ -137,3 +143,18 @@ class JobAttempt(Base):
     delay_s: Mapped[float | None] = mapped_column(Float)
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Who replayed or purged which dead letters, when, and how many."""
+
+    __tablename__ = "conveyor_audit"
+    __table_args__ = (Index("ix_conveyor_audit_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32))
+    filters: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    job_ids: Mapped[list[str]] = mapped_column(JSONDocument)
+    count: Mapped[int] = mapped_column(Integer)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from worker.errors import Fatal, Retryable, RetryAfter
+from worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
 
 RandomSource = Callable[[], float]
 """Returns a float in [0, 1); ``random.random`` in production, a constant in tests."""
@@ -76,7 +76,7 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """Stop: dead-letter the job. ``reason`` is ``fatal`` or ``exhausted``."""
+    """Stop: dead-letter the job. ``reason`` is ``invalid_payload``, ``fatal`` or ``exhausted``."""
 
     reason: str
 
@@ -109,6 +109,8 @@ def decide(
     rand: RandomSource = random.random,
 ) -> Decision:
     """Decide what happens after attempt ``attempt`` (1-based) failed with ``error``."""
+    if isinstance(error, PayloadInvalid):
+        return DeadLetter("invalid_payload")
     if is_fatal(policy, error):
         return DeadLetter("fatal")
     if attempt >= policy.max_attempts:

@@ -24,7 +24,7 @@ import logging
 import socket
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -97,12 +97,21 @@ def jsonable(value: Any) -> Any:
         raise Fatal(f"the job returned a value that is not JSON-serializable: {exc}") from exc
 
 
+class DeadLetters(Protocol):
+    """Publishes a dead letter to a queue's dead-letter queue (:mod:`worker.deadletter`)."""
+
+    def __call__(
+        self, *, queue: str, reason: str, job_id: str | None, record: dict[str, Any]
+    ) -> bool: ...
+
+
 class Runtime:
     """Runs attempts against one ledger. One instance per Celery app (per process)."""
 
-    def __init__(self, *, ledger: Ledger, default_queue: str) -> None:
+    def __init__(self, *, ledger: Ledger, default_queue: str, dead_letters: DeadLetters) -> None:
         self.ledger = ledger
         self.default_queue = default_queue
+        self.dead_letters = dead_letters
         self.hostname = socket.gethostname()
         self.heartbeat = Heartbeat(ledger, lease_s=LEASE_S, every_s=HEARTBEAT_EVERY_S)
 
@@ -142,7 +151,7 @@ class Runtime:
         if attempt > spec.policy.max_attempts:
             # Earlier attempts died with their process (killed, hard time limit): stop here.
             failure = Failure(WORKER_LOST, f"attempt {attempt - 1} ended with its worker")
-            self._dead(delivery.job_id, attempt, "exhausted", failure)
+            self._dead(delivery, spec.name, attempt, "exhausted", failure)
             return None
         try:
             with self.heartbeat.hold(delivery.job_id, attempt):
@@ -153,7 +162,7 @@ class Runtime:
         except SQLAlchemyError:
             raise
         except Exception as error:
-            self._failed(spec, delivery.job_id, attempt, error)
+            self._failed(spec, delivery, attempt, error)
             return None
 
     def _run(self, spec: JobSpec, delivery: Delivery, attempt: int, key: str | None) -> Any:
@@ -180,11 +189,12 @@ class Runtime:
         log.info("job.succeeded job_id=%s task=%s attempt=%d", delivery.job_id, spec.name, attempt)
         return result
 
-    def _failed(self, spec: JobSpec, job_id: str, attempt: int, error: Exception) -> None:
+    def _failed(self, spec: JobSpec, delivery: Delivery, attempt: int, error: Exception) -> None:
+        job_id = delivery.job_id
         decision = decide(attempt, error, spec.policy)
         failure = failure_of(error)
         if isinstance(decision, DeadLetter):
-            self._dead(job_id, attempt, decision.reason, failure)
+            self._dead(delivery, spec.name, attempt, decision.reason, failure)
         elif self.ledger.fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
             log.warning(
                 "job.retry_scheduled job_id=%s task=%s attempt=%d delay_s=%.2f error=%s",
@@ -197,8 +207,27 @@ class Runtime:
         else:
             log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
 
-    def _dead(self, job_id: str, attempt: int, reason: str, failure: Failure) -> None:
-        self.ledger.fail(job_id, attempt, failure, retry_in_s=None, dead_reason=reason)
+    def _dead(
+        self, delivery: Delivery, task: str, attempt: int, reason: str, failure: Failure
+    ) -> None:
+        job_id = delivery.job_id
+        if not self.ledger.fail(job_id, attempt, failure, retry_in_s=None, dead_reason=reason):
+            log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
+            return
+        self.dead_letters(
+            queue=delivery.queue,
+            reason=reason,
+            job_id=job_id,
+            record={
+                "task": task,
+                "payload": delivery.payload,
+                "idempotency_key": delivery.idempotency_key,
+                "attempts": attempt,
+                "error_type": failure.error_type,
+                "error_message": failure.message,
+                "traceback": failure.traceback,
+            },
+        )
         log.error(
             "job.dead job_id=%s attempt=%d reason=%s error=%s",
             job_id,

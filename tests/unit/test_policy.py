@@ -100,7 +100,7 @@ def test_delay_is_rand_times_the_capped_exponential_ceiling(
     ("error", "policy", "decision"),
     [
         (Fatal("no"), RetryPolicy(), FATAL),
-        (PayloadInvalid("bad payload"), RetryPolicy(), FATAL),
+        (PayloadInvalid("bad payload"), RetryPolicy(), DeadLetter("invalid_payload")),
         (schema_error(), RetryPolicy(), FATAL),
         # Fatal wins over a retry_on that would otherwise match it.
         (Fatal("no"), RetryPolicy(retry_on=(Exception,)), FATAL),

@@ -1,0 +1,87 @@
+"""kombu's Redis transport, made safe against messages that are not kombu envelopes.
+
+On Redis a queue is a list of JSON envelopes. Anyone who can LPUSH can put anything
+there; kombu 5.7 then raises ``JSONDecodeError`` inside the worker's event loop, which
+Celery treats as unrecoverable: the worker exits, and every restart dies the same way
+once the garbage is at the head of the queue (checked here). :class:`Channel` wraps such
+an item in an envelope of content type :data:`POISON_CONTENT_TYPE` instead, which the
+worker's consumer (:mod:`worker.poison`) dead-letters like any other poison message.
+
+Only ``_brpop_read`` and ``_get`` change, each copied from kombu 5.7 with the decode
+step replaced; the package pins kombu below 5.8.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+
+POISON_CONTENT_TYPE = "application/x-conveyor-undecodable"
+
+
+def envelope_or_poison(item: bytes | str, queue: str) -> dict[str, Any]:
+    """Decode a Redis list item, or wrap it as a poison envelope if it is not one."""
+    try:
+        envelope = json.loads(bytes_to_str(item))
+    except ValueError:
+        envelope = None
+    if isinstance(envelope, dict) and "properties" in envelope and "body" in envelope:
+        return envelope
+    raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
+    return {
+        "body": base64.b64encode(raw).decode("ascii"),
+        "content-encoding": "binary",
+        "content-type": POISON_CONTENT_TYPE,
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel that hands undecodable list items on as poison, never crashes."""
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if dest__item:
+                dest, item = dest__item
+                dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+                self._queue_cycle.rotate(dest)
+                self.connection._deliver(envelope_or_poison(item, dest), dest)
+                return True
+            raise Empty()
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        with self.conn_or_acquire() as client:
+            for pri in self.priority_steps:
+                item = client.rpop(self._q_for_pri(queue, pri))
+                if item:
+                    self._maybe_update_queues_expire(client, queue)
+                    return envelope_or_poison(item, queue)
+            self._maybe_update_queues_expire(client, queue)
+            raise Empty()
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`Channel`; selected by ``broker_transport``."""
+
+    Channel = Channel
