@@ -12,6 +12,7 @@ import signal
 import time
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
 
 from worker import Backoff, Fatal, JobContext, RetryAfter, job
@@ -77,3 +78,16 @@ def gated(ctx: JobContext, payload: dict[str, Any]) -> str:
             raise Fatal(f"gate {payload['gate']} is closed")
         raise RuntimeError(f"gate {payload['gate']} is closed")
     return "open"
+
+
+@job(name="test.slow", max_attempts=2, timeout_s=1, backoff=Backoff(base_s=0.1, max_s=0.2))
+def slow(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Sleep past the 1 s soft time limit; with ``stubborn``, ignore it and hit the hard one."""
+    deadline = time.monotonic() + float(payload["s"])
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            if not payload.get("stubborn"):
+                raise
+    return ctx.attempt

@@ -290,8 +290,13 @@ class Ledger:
         *,
         retry_in_s: float | None,
         dead_reason: str | None = None,
+        ran: bool = True,
     ) -> bool:
-        """Record a failed attempt: scheduled for a retry, or dead. Returns False if fenced."""
+        """Record a failed attempt: scheduled for a retry, or dead. Returns False if fenced.
+
+        ``ran=False`` is for a claim that found the attempts already used up by crashes:
+        the job is dead, and the claim is taken back rather than counted as an attempt.
+        """
         now = utcnow()
         if retry_in_s is not None:
             state, run_at, finished = JobState.SCHEDULED, now + timedelta(seconds=retry_in_s), None
@@ -311,11 +316,14 @@ class Ledger:
                     error_message=failure.message,
                     error_traceback=failure.traceback,
                     dead_reason=dead_reason,
+                    attempts=Job.attempts - (0 if ran else 1),
                 )
                 .returning(Job.started_at)
             ).scalar_one_or_none()
             if started is None:  # another worker took the job over: not ours to record
                 return False
+            if not ran:
+                return True
             session.execute(
                 insert(JobAttempt).values(
                     job_id=job_id,

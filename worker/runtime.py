@@ -151,7 +151,7 @@ class Runtime:
         if attempt > spec.policy.max_attempts:
             # Earlier attempts died with their process (killed, hard time limit): stop here.
             failure = Failure(WORKER_LOST, f"attempt {attempt - 1} ended with its worker")
-            self._dead(delivery, spec.name, attempt, "exhausted", failure)
+            self._dead(delivery, spec.name, attempt, "exhausted", failure, ran=False)
             return None
         try:
             with self.heartbeat.hold(delivery.job_id, attempt):
@@ -208,10 +208,20 @@ class Runtime:
             log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
 
     def _dead(
-        self, delivery: Delivery, task: str, attempt: int, reason: str, failure: Failure
+        self,
+        delivery: Delivery,
+        task: str,
+        attempt: int,
+        reason: str,
+        failure: Failure,
+        *,
+        ran: bool = True,
     ) -> None:
         job_id = delivery.job_id
-        if not self.ledger.fail(job_id, attempt, failure, retry_in_s=None, dead_reason=reason):
+        recorded = self.ledger.fail(
+            job_id, attempt, failure, retry_in_s=None, dead_reason=reason, ran=ran
+        )
+        if not recorded:
             log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
             return
         self.dead_letters(
@@ -222,7 +232,7 @@ class Runtime:
                 "task": task,
                 "payload": delivery.payload,
                 "idempotency_key": delivery.idempotency_key,
-                "attempts": attempt,
+                "attempts": attempt if ran else attempt - 1,
                 "error_type": failure.error_type,
                 "error_message": failure.message,
                 "traceback": failure.traceback,

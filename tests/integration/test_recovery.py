@@ -112,8 +112,8 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
     job = get_job(job_id, app=app)
     assert job.dead_reason == "exhausted"
     assert job.error_type == WORKER_LOST
-    assert job.attempts == 3  # two lost attempts, then the claim that found them used up
-    assert [a.outcome for a in app.ledger.attempts(job_id)][:2] == ["lost", "lost"]
+    assert job.attempts == 2  # two lost attempts; the claim that found them used up is not one
+    assert [a.outcome for a in app.ledger.attempts(job_id)] == ["lost", "lost"]
 
 
 def test_a_delayed_retry_waits_in_the_ledger_and_survives_a_worker_kill(
@@ -281,3 +281,38 @@ def test_jobs_and_delayed_retries_survive_a_redis_restart(
     wait_for(lambda: app.ledger.count_by_state(ids=waiting).get("succeeded") == 20, timeout_s=90)
     assert counter_value(app, counter) == 20
     app.ledger.dispose()
+
+
+def test_a_soft_time_limit_is_a_retryable_error(
+    app: ConveyorApp,
+    env: dict[str, str],
+    queue: str,
+    start_worker: WorkerFactory,
+    start_relay: ProcessFactory,
+) -> None:
+    start_worker(env, queue)
+    start_relay(env)
+    job_id = enqueue("test.slow", {"s": 3}, queue=queue, app=app)
+    assert wait_for(lambda: terminal(app, job_id), timeout_s=60) == "dead"
+    job = get_job(job_id, app=app)
+    assert (job.attempts, job.dead_reason) == (2, "exhausted")
+    assert job.error_type == "billiard.exceptions.SoftTimeLimitExceeded"
+    assert [a.outcome for a in app.ledger.attempts(job_id)] == ["scheduled", "dead"]
+
+
+def test_a_hard_time_limit_counts_as_an_attempt(
+    app: ConveyorApp,
+    env: dict[str, str],
+    queue: str,
+    start_worker: WorkerFactory,
+    start_relay: ProcessFactory,
+) -> None:
+    """A job that ignores its soft limit is killed at the hard one; it cannot loop forever."""
+    start_worker(env, queue)
+    start_relay(env)
+    job_id = enqueue("test.slow", {"s": 30, "stubborn": True}, queue=queue, app=app)
+    assert wait_for(lambda: terminal(app, job_id), timeout_s=120) == "dead"
+    job = get_job(job_id, app=app)
+    assert (job.dead_reason, job.attempts) == ("exhausted", 2)
+    assert job.error_type == WORKER_LOST
+    assert [a.outcome for a in app.ledger.attempts(job_id)] == ["lost", "lost"]

@@ -1,0 +1,41 @@
+"""CLI read commands that need no worker: the retry schedule of a job type."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    return {**env, "CONVEYOR_DATA_DIR": str(tmp_path / "var")}
+
+
+def test_jobs_policy_prints_the_schedule_a_job_follows(clean_env: dict[str, str]) -> None:
+    result = run_cli("jobs", "policy", "demo.work", "--json", env=clean_env)
+    assert result.returncode == 0, result.stderr
+    policy = json.loads(result.stdout)
+    assert policy["task"] == "demo.work"
+    assert policy["max_attempts"] == 4
+    assert [(r["attempt"], r["min_delay_s"], r["max_delay_s"]) for r in policy["retries"]] == [
+        (1, 0.0, 0.25),
+        (2, 0.0, 0.5),
+        (3, 0.0, 1.0),
+    ]
+    assert policy["max_total_delay_s"] == 1.75
+
+
+def test_jobs_policy_as_a_table(clean_env: dict[str, str]) -> None:
+    result = run_cli("jobs", "policy", "webhooks.deliver", env=clean_env)
+    assert result.returncode == 0, result.stderr
+    assert "webhooks.deliver: 8 attempts" in result.stdout
+    # Waits of up to 5, 10, 20, 40, 80, 160 and 320 s: 635 s at most before dead.
+    assert "at most 635s" in result.stdout
