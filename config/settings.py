@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, gt=0, le=256)
     prefetch_multiplier: int = Field(1, gt=0, le=64)
     db_pool_size: int = Field(5, gt=0, le=100)
+    api_max_body_bytes: int = Field(
+        1_048_576, gt=0, description="HTTP API: largest request body accepted (413 above)."
+    )
+    api_rate_limit_per_s: float = Field(
+        100.0, gt=0, description="HTTP API: requests per second allowed per API key (429 above)."
+    )
+    idempotency_window_s: int = Field(
+        86_400, gt=0, description="How long an idempotency key maps to the same job."
+    )
     sentry_dsn: SecretStr | None = None
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 

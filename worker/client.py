@@ -99,6 +99,20 @@ def get_job(job_id: str, *, app: ConveyorApp | None = None) -> Job:
     return found
 
 
+def cancel(job_id: str, *, app: ConveyorApp | None = None) -> bool:
+    """Cancel a job that has not started: True if it was ``queued`` or ``scheduled``.
+
+    A cancelled job never runs (its message, if any, is acknowledged unrun when it
+    arrives). A running job is not interrupted and a finished one is left as it is: both
+    return False. Raises :class:`~worker.errors.JobNotFound` for an unknown id.
+    """
+    app = app or default_app()
+    if app.ledger.cancel(job_id):
+        return True
+    get_job(job_id, app=app)  # raises JobNotFound when there is no such job
+    return False
+
+
 def _validate(spec: JobSpec, payload: Any) -> None:
     if not isinstance(payload, dict):
         raise PayloadInvalid("the payload must be a JSON object")

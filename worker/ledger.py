@@ -175,6 +175,18 @@ class Ledger:
             ).scalar_one()
             return existing, False
 
+    def cancel(self, job_id: str) -> bool:
+        """Mark a ``queued`` or ``scheduled`` job ``cancelled``; False if it was in neither."""
+        now = utcnow()
+        with self.transaction() as session:
+            cancelled = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(CLAIMABLE))
+                .values(state=JobState.CANCELLED, finished_at=now, updated_at=now, run_at=None)
+                .returning(Job.id)
+            ).scalar_one_or_none()
+        return cancelled is not None
+
     def delete(self, job_id: str) -> None:
         """Remove a job that was never handed to the broker (a failed enqueue)."""
         with self.transaction() as session:
