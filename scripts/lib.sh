@@ -96,4 +96,5 @@ ensure_rabbitmq() {
 
 ensure_tools() {
   command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm  # celery-node producer tests
 }

@@ -210,7 +210,7 @@ def start_relay(processes: Processes) -> ProcessFactory:
     return start
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 60, every_s: float = 0.2) -> Any:
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 120, every_s: float = 0.2) -> Any:
     """Poll until ``predicate()`` is truthy; return its value, or fail after the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -76,8 +76,9 @@ def _register(app: ConveyorApp, spec: JobSpec) -> None:
     runtime = app.runtime
     default_queue = app.settings.default_queue
 
-    def run(task: Task, **payload: Any) -> Any:
-        delivery = delivery_from_request(task.request, payload, default_queue)
+    def run(task: Task, *args: Any, **payload: Any) -> Any:
+        # Positional arguments are not part of the wire contract: the runtime dead-letters them.
+        delivery = delivery_from_request(task.request, payload, default_queue, args=args)
         try:
             return runtime.execute(spec, delivery)
         except Postpone as later:

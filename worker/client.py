@@ -8,7 +8,7 @@ enqueue leaves nothing half-made; an enqueue that returned an id has both.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -45,12 +45,16 @@ def enqueue(
 
     Raises :class:`~worker.errors.UnknownTask` or :class:`~worker.errors.PayloadInvalid`
     for a job that could never run, and :class:`~worker.errors.EnqueueError` when the
-    broker did not take the message. With an ``idempotency_key`` already in the ledger,
-    nothing new is written or published and the existing job's id is returned. A job with
-    a ``delay`` waits in the ledger (state ``scheduled``) until the relay publishes it.
+    broker did not take the message. With an ``idempotency_key`` used within the
+    idempotency window (``CONVEYOR_IDEMPOTENCY_WINDOW_S``), nothing new is written or
+    published and the existing job's id is returned, also under concurrent calls. A job
+    with a ``delay`` waits in the ledger (state ``scheduled``) until the relay publishes it.
+
+    With ``session`` (a SQLAlchemy session on the ledger database), the job is written in
+    the caller's transaction — the transactional outbox: if the caller commits, the relay
+    publishes it; if the caller rolls back, the job never existed. Nothing is published
+    from inside the caller's transaction.
     """
-    if session is not None:
-        raise UsageError("enqueue(session=...) needs the transactional outbox, not yet available")
     app = app or default_app()
     spec = spec_for(task_name)
     _validate(spec, payload)
@@ -60,6 +64,12 @@ def enqueue(
     if priority is not None and not 0 <= priority <= 9:
         raise UsageError("priority must be between 0 and 9")
     target = queue or spec.queue or app.settings.default_queue
+    now = utcnow()
+    if session is not None:
+        # The outbox: the row commits or rolls back with the caller; the relay publishes it.
+        run_at: datetime | None = now + timedelta(seconds=delay_s or 0)
+    else:
+        run_at = now + timedelta(seconds=delay_s) if delay_s else None
     new = NewJob(
         id=str(uuid.uuid4()),
         task=spec.name,
@@ -68,11 +78,12 @@ def enqueue(
         max_attempts=spec.policy.max_attempts,
         idempotency_key=idempotency_key,
         priority=priority,
-        run_at=utcnow() + timedelta(seconds=delay_s) if delay_s else None,
+        run_at=run_at,
     )
-    job_id, created = app.ledger.create(new)
+    window_s = app.settings.idempotency_window_s
+    job_id, created = app.ledger.create(new, window_s=window_s, session=session)
     if not created or new.run_at is not None:
-        # A duplicate key publishes nothing; a delayed job waits in the ledger for the relay.
+        # A duplicate key publishes nothing; a delayed or outbox job waits for the relay.
         return job_id
     try:
         publish(
@@ -84,9 +95,9 @@ def enqueue(
             priority=priority,
             idempotency_key=idempotency_key,
         )
-    except Exception as exc:
-        app.ledger.delete(job_id)
-        raise EnqueueError(f"the broker did not take job {job_id}: {exc}") from exc
+    except EnqueueError:
+        app.ledger.delete(job_id)  # the broker never took it: leave nothing half-made
+        raise
     return job_id
 
 

@@ -142,38 +142,58 @@ class Ledger:
 
     # -- producers -------------------------------------------------------------------------------
 
-    def create(self, job: NewJob) -> tuple[str, bool]:
+    def create(
+        self,
+        job: NewJob,
+        *,
+        window_s: float | None = None,
+        session: Session | None = None,
+    ) -> tuple[str, bool]:
         """Write a new job; returns ``(id, created)``.
 
-        With an idempotency key already in the ledger, nothing is written and the
-        existing job's id comes back with ``created=False``.
+        With an idempotency key that a job created within ``window_s`` already holds,
+        nothing is written and that job's id comes back with ``created=False``; a key
+        older than the window is taken from its old job and given to the new one. With
+        ``session``, the row is written in the caller's transaction (the outbox): it exists
+        only if the caller commits.
         """
+        if session is not None:
+            return self._create(session, job, window_s)
+        with self.transaction() as own:
+            return self._create(own, job, window_s)
+
+    def _create(self, session: Session, job: NewJob, window_s: float | None) -> tuple[str, bool]:
         now = utcnow()
-        values = {
-            "id": job.id,
-            "task": job.task,
-            "queue": job.queue,
-            "state": JobState.SCHEDULED if job.run_at else JobState.QUEUED,
-            "attempts": 0,
-            "max_attempts": job.max_attempts,
-            "idempotency_key": job.idempotency_key,
-            "payload": job.payload,
-            "priority": job.priority,
-            "run_at": job.run_at,
-            "created_at": now,
-            "updated_at": now,
-        }
-        statement = self._insert().values(**values)
-        if job.idempotency_key is not None:
-            statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
-        with self.transaction() as session:
-            inserted = session.execute(statement.returning(Job.id)).scalar_one_or_none()
-            if inserted is not None:
-                return inserted, True
-            existing = session.execute(
-                select(Job.id).where(Job.idempotency_key == job.idempotency_key)
-            ).scalar_one()
-            return existing, False
+        statement = self._insert().values(
+            id=job.id,
+            task=job.task,
+            queue=job.queue,
+            state=JobState.SCHEDULED if job.run_at else JobState.QUEUED,
+            attempts=0,
+            max_attempts=job.max_attempts,
+            idempotency_key=job.idempotency_key,
+            payload=job.payload,
+            priority=job.priority,
+            run_at=job.run_at,
+            created_at=now,
+            updated_at=now,
+        )
+        if job.idempotency_key is None:
+            session.execute(statement)
+            return job.id, True
+        statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        inserted = session.execute(statement.returning(Job.id)).scalar_one_or_none()
+        if inserted is not None:
+            return inserted, True
+        holder = session.execute(
+            select(Job.id, Job.created_at).where(Job.idempotency_key == job.idempotency_key)
+        ).one()
+        if window_s is None or holder.created_at >= now - timedelta(seconds=window_s):
+            return holder.id, False
+        # The key's window has passed: it now names the new job.
+        session.execute(update(Job).where(Job.id == holder.id).values(idempotency_key=None))
+        session.execute(statement)
+        return job.id, True
 
     def cancel(self, job_id: str) -> bool:
         """Mark a ``queued`` or ``scheduled`` job ``cancelled``; False if it was in neither."""

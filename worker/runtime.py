@@ -63,9 +63,12 @@ class Delivery:
     payload: dict[str, Any]
     idempotency_key: str | None
     priority: int | None
+    args: tuple[Any, ...] = ()
 
 
-def delivery_from_request(request: Any, payload: dict[str, Any], default_queue: str) -> Delivery:
+def delivery_from_request(
+    request: Any, payload: dict[str, Any], default_queue: str, *, args: tuple[Any, ...] = ()
+) -> Delivery:
     """Read a :class:`Delivery` from Celery's task request (protocol v2 message)."""
     info = request.delivery_info or {}
     headers = request.headers or {}
@@ -76,6 +79,7 @@ def delivery_from_request(request: Any, payload: dict[str, Any], default_queue: 
         payload=payload,
         idempotency_key=str(key) if key is not None else None,
         priority=info.get("priority"),
+        args=tuple(args),
     )
 
 
@@ -167,6 +171,10 @@ class Runtime:
 
     def _run(self, spec: JobSpec, delivery: Delivery, attempt: int, key: str | None) -> Any:
         payload: Any = delivery.payload
+        if delivery.args:
+            raise PayloadInvalid(
+                "positional arguments are not accepted: send the payload as kwargs"
+            )
         if spec.schema is not None:
             try:
                 payload = spec.schema.model_validate(delivery.payload)

@@ -69,26 +69,31 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     publish_garbage(broker_url, queue)
     unknown = foreign.send_task("no.such.task", kwargs={"a": 1}, queue=queue).id
     invalid = foreign.send_task("demo.work", kwargs={"n": -1}, queue=queue).id
+    positional = foreign.send_task("demo.work", args=[3], queue=queue).id
     pickled = foreign.send_task("demo.work", kwargs={"n": 1}, queue=queue, serializer="pickle").id
     valid = enqueue("demo.work", {"n": 9}, queue=queue, app=app)
 
     assert wait_for(lambda: state_of(app, valid) == JobState.SUCCEEDED)
-    for job_id in (unknown, invalid, pickled):
+    for job_id in (unknown, invalid, positional, pickled):
         wait_for(lambda job_id=job_id: state_of(app, job_id) == JobState.DEAD)
     assert get_job(unknown, app=app).dead_reason == "unknown_task"
     assert get_job(unknown, app=app).task == "no.such.task"
     assert get_job(unknown, app=app).payload == {"a": 1}
     assert get_job(invalid, app=app).dead_reason == "invalid_payload"
     assert get_job(invalid, app=app).attempts == 1  # dead at once, no retries
+    assert get_job(positional, app=app).dead_reason == "invalid_payload"
+    assert "positional arguments" in (get_job(positional, app=app).error_message or "")
     assert get_job(pickled, app=app).dead_reason == "content_type"
 
     listed = run_cli("dlq", "list", "--queue", queue, "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    by_reason = {row["reason"]: row for row in json.loads(listed.stdout)}
+    letters = json.loads(listed.stdout)
+    assert len(letters) == 5
+    by_reason = {row["reason"]: row for row in letters}
     assert set(by_reason) == {"undecodable", "unknown_task", "invalid_payload", "content_type"}
     assert by_reason["undecodable"]["task"] == "?"
 
-    on_broker = wait_for(lambda: len(dead_letters_on_broker(broker_url, queue)) == 4 or None)
+    on_broker = wait_for(lambda: len(dead_letters_on_broker(broker_url, queue)) == 5 or None)
     assert on_broker
     messages = dead_letters_on_broker(broker_url, queue)
     assert {m["headers"][REASON_HEADER] for m in messages} == set(by_reason)
