@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from config import load_settings
 from tests.conftest import AMQP_URL, TEST_JOBS, Processes, kill_group, wait_for
 from worker.app import ConveyorApp, create_app
-from worker.client import enqueue
+from worker.client import cancel, enqueue, get_job
+from worker.errors import JobNotFound
 from worker.models import Job
 from worker.relay import Relay
 
@@ -155,3 +156,25 @@ def test_a_queue_deleted_behind_the_producer_does_not_swallow_jobs(
         with Connection(AMQP_URL) as connection:
             connection.default_channel.queue_delete(queue)
         app.ledger.dispose()
+
+
+def test_a_cancelled_job_never_runs_and_a_running_one_is_not_interrupted(
+    app: ConveyorApp, env: dict[str, str], queue: str, start_worker: Any
+) -> None:
+    queued = enqueue("demo.work", {"n": 1}, queue=queue, app=app)
+    delayed = enqueue("demo.work", {"n": 2}, queue=queue, delay=60, app=app)
+    assert cancel(queued, app=app) is True
+    assert cancel(delayed, app=app) is True
+    assert cancel(queued, app=app) is False  # already cancelled
+    assert Relay(app).run_once().released == 0  # a cancelled delayed job is never published
+
+    start_worker(env, queue)
+    running = enqueue("test.sleep", {"s": 2}, queue=queue, app=app)
+    wait_for(lambda: get_job(running, app=app).state == "running")
+    assert cancel(running, app=app) is False
+    wait_for(lambda: get_job(running, app=app).state == "succeeded")
+    for job_id in (queued, delayed):
+        job = get_job(job_id, app=app)
+        assert (job.state, job.attempts) == ("cancelled", 0)
+    with pytest.raises(JobNotFound):
+        cancel("no-such-job", app=app)
