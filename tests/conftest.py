@@ -93,6 +93,8 @@ def queue(broker_url: str) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
     with Connection(broker_url) as connection:
+        # Declared first: on Redis a fresh connection only deletes the queues it knows of.
+        connection.default_channel.queue_declare(name, durable=True, auto_delete=False)
         connection.default_channel.queue_delete(name)
 
 

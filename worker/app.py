@@ -84,7 +84,7 @@ def _register(app: ConveyorApp, spec: JobSpec) -> None:
         except Postpone as later:
             # The ledger is unreachable: republish the same message (same id and payload)
             # for a little later, then ack this one. No attempt was recorded or counted.
-            raise task.retry(countdown=later.delay_s, max_retries=None) from None
+            raise task.retry(countdown=later.delay_s) from None
 
     # Celery compiles a signature from the function's name: it must be an identifier.
     run.__name__ = run.__qualname__ = "".join(c if c.isalnum() else "_" for c in spec.name)
@@ -93,6 +93,9 @@ def _register(app: ConveyorApp, spec: JobSpec) -> None:
         "name": spec.name,
         "bind": True,
         "typing": False,
+        # Retries are the ledger's business; Celery's retry only republishes a message the
+        # ledger could not take yet (Postpone), which must never run out (its default is 3).
+        "max_retries": None,
         "soft_time_limit": spec.timeout_s,
         "time_limit": spec.timeout_s + HARD_LIMIT_GRACE_S,
     }

@@ -22,6 +22,8 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError
 
 from worker.app import import_task_modules
+from worker.cli_api import api, apikey
+from worker.cli_chaos import chaos
 from worker.cli_common import State, emit_json, json_option, pass_state
 from worker.cli_dlq import dlq
 from worker.constants import RELAY_POLL_S
@@ -41,6 +43,9 @@ def cli() -> None:
 
 
 cli.add_command(dlq)
+cli.add_command(chaos)
+cli.add_command(api)
+cli.add_command(apikey)
 
 
 @cli.command()
@@ -200,6 +205,33 @@ def jobs_policy(state: State, task: str, as_json: bool) -> None:
         f"{spec.name}: {spec.policy.max_attempts} attempts; dead-lettered at most "
         f"{total_s:g}s of waiting after the first failure (plus run time)."
     )
+
+
+@cli.command()
+@json_option
+@pass_state
+def queues(state: State, as_json: bool) -> None:
+    """Every queue's queued, running, scheduled and dead jobs, its oldest wait, relay lag."""
+    from worker.stats import queue_stats
+
+    stats = queue_stats(state.app.ledger)
+    if as_json:
+        emit_json(stats)
+        return
+    table = Table("queue", "queued", "running", "scheduled", "dead", "oldest queued (s)")
+    for queue in stats["queues"]:
+        age = queue["oldest_queued_age_s"]
+        table.add_row(
+            queue["name"],
+            str(queue["depth"]),
+            str(queue["running"]),
+            str(queue["scheduled"]),
+            str(queue["dead"]),
+            "-" if age is None else f"{age:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"relay lag: {stats['relay_lag_s']:.1f}s (oldest due job not yet published)")
 
 
 @cli.command()

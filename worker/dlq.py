@@ -216,8 +216,18 @@ def remove_dead_letters(app: ConveyorApp, queue: str, job_ids: set[str]) -> int:
     """Remove the messages of ``job_ids`` from ``queue``'s broker-side dead-letter queue.
 
     Every message is taken once without acknowledgement; matching ones are acknowledged
-    (removed), the rest are requeued after the pass, so none is read twice or lost.
+    (removed), the rest are requeued after the pass, so none is read twice or lost. Best
+    effort: the ledger change is already committed, so a broker that cannot be reached
+    only leaves stale copies on ``Q.dead`` (logged), never a failed replay or purge.
     """
+    try:
+        return _remove_dead_letters(app, queue, job_ids)
+    except Exception:
+        log.exception("dlq.broker_cleanup_failed queue=%s jobs=%d", queue, len(job_ids))
+        return 0
+
+
+def _remove_dead_letters(app: ConveyorApp, queue: str, job_ids: set[str]) -> int:
     removed = 0
     kept = []
     with app.connection_for_write() as connection:

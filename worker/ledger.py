@@ -13,20 +13,73 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import WorkerLost
-from worker.models import Job, JobAttempt, JobState, utcnow
+from worker.models import Job, JobAttempt, JobState, JSONDocument, UTCDateTime, utcnow
 
 CLAIMABLE = (JobState.QUEUED, JobState.SCHEDULED)
 WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
 
 Publish = Callable[[Job], None]
 """Hands one job's message to the broker; raises if the broker did not take it."""
+
+# The two statements on every job's path, built once: constructing SQLAlchemy statements
+# per call cost more CPU than the database round trips they make.
+_jobs = cast(Table, Job.__table__)
+_now = bindparam("b_now", type_=UTCDateTime())
+CLAIM = (
+    update(_jobs)
+    .where(
+        _jobs.c.id == bindparam("b_id"),
+        _jobs.c.state.in_([state.value for state in CLAIMABLE])
+        | ((_jobs.c.state == JobState.RUNNING.value) & (_jobs.c.lease_expires_at < _now)),
+    )
+    .values(
+        state=JobState.RUNNING.value,
+        attempts=_jobs.c.attempts + 1,
+        started_at=_now,
+        updated_at=_now,
+        lease_expires_at=bindparam("b_lease", type_=UTCDateTime()),
+        worker=bindparam("b_worker"),
+    )
+    .returning(_jobs.c.attempts, _jobs.c.idempotency_key)
+)
+SUCCEED = (
+    update(_jobs)
+    .where(
+        _jobs.c.id == bindparam("b_id"),
+        _jobs.c.state == JobState.RUNNING.value,
+        _jobs.c.attempts == bindparam("b_attempt"),
+    )
+    .values(
+        state=JobState.SUCCEEDED.value,
+        result=bindparam("b_result", type_=JSONDocument),
+        finished_at=_now,
+        updated_at=_now,
+        lease_expires_at=None,
+        error_type=None,
+        error_message=None,
+        error_traceback=None,
+    )
+    .returning(_jobs.c.id)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +147,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it would add a round trip (and a transaction) to every checkout. A dead
+    # connection fails its statement instead, the pool discards it, and the message is
+    # retried (see worker.runtime.Postpone); pool_recycle retires idle connections.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 class Ledger:
@@ -123,6 +179,17 @@ class Ledger:
         _ = self.engine
         assert self._sessions is not None
         return self._sessions()
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits on its own (PostgreSQL: no BEGIN)."""
+        engine = self.engine
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                yield connection
+        else:
+            with engine.begin() as connection:
+                yield connection
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -229,26 +296,13 @@ class Ledger:
         """
         now = utcnow()
         lease_expires = now + timedelta(seconds=lease_s)
-        running = {
-            "state": JobState.RUNNING,
-            "attempts": Job.attempts + 1,
-            "started_at": now,
-            "updated_at": now,
-            "lease_expires_at": lease_expires,
-            "worker": worker,
-        }
-        claimable = Job.state.in_(CLAIMABLE) | (
-            (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now)
-        )
+        params = {"b_id": job_id, "b_now": now, "b_lease": lease_expires, "b_worker": worker}
+        # One statement, committed on its own (one round trip on PostgreSQL).
+        with self.autocommit() as connection:
+            claimed = connection.execute(CLAIM, params).one_or_none()
+        if claimed is not None:
+            return Claim(claimed.attempts, JobState.RUNNING, 0.0, claimed.idempotency_key)
         with self.transaction() as session:
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, claimable)
-                .values(**running)
-                .returning(Job.attempts, Job.idempotency_key)
-            ).one_or_none()
-            if claimed is not None:
-                return Claim(claimed.attempts, JobState.RUNNING, 0.0, claimed.idempotency_key)
             row = session.execute(
                 select(Job.state, Job.lease_expires_at).where(Job.id == job_id)
             ).one_or_none()
@@ -296,23 +350,8 @@ class Ledger:
         The ``attempts`` check fences out a worker whose lease was taken over: if it
         returns False, the caller must roll back so the job's effects are discarded.
         """
-        now = utcnow()
-        updated = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
-            .values(
-                state=JobState.SUCCEEDED,
-                result=result,
-                finished_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-                error_type=None,
-                error_message=None,
-                error_traceback=None,
-            )
-            .returning(Job.id)
-        ).scalar_one_or_none()
-        return updated is not None
+        params = {"b_id": job_id, "b_attempt": attempt, "b_result": result, "b_now": utcnow()}
+        return session.execute(SUCCEED, params).first() is not None
 
     def fail(
         self,
@@ -473,6 +512,48 @@ class Ledger:
                     .where(Job.id == job.id, Job.state.not_in([s.value for s in TERMINAL]))
                     .values(**dead)
                 )
+
+    def stranded_queues(self, *, stale_s: float) -> list[str]:
+        """Queues holding ``queued`` jobs untouched for ``stale_s`` (their message may be gone)."""
+        cutoff = utcnow() - timedelta(seconds=stale_s)
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(Job.queue)
+                    .where(Job.state == JobState.QUEUED, Job.updated_at < cutoff)
+                    .distinct()
+                )
+            )
+
+    def republish_stranded(
+        self, queue: str, publish: Publish, *, stale_s: float, limit: int
+    ) -> int:
+        """Publish again the stale ``queued`` jobs of ``queue``; call only when it is empty.
+
+        A ``queued`` job has a message somewhere: in the queue, or reserved by a worker that
+        claims it within seconds. When the queue is empty and the job has waited longer
+        than ``stale_s``, its message was lost with a connection (a Redis worker's reserved
+        messages wait out the visibility timeout) or never published (a producer died after
+        writing the row). The copy this publishes is harmless if the old one turns up: the
+        claim lets only one of them run.
+        """
+        now = utcnow()
+        with self.transaction() as session:
+            rows = session.scalars(
+                select(Job)
+                .where(
+                    Job.state == JobState.QUEUED,
+                    Job.queue == queue,
+                    Job.updated_at < now - timedelta(seconds=stale_s),
+                )
+                .order_by(Job.updated_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                publish(row)
+                row.updated_at = now
+            return len(rows)
 
     # -- readers ---------------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def publish(
     )
     try:
         retrying(_send_once, app, task, payload, options, amqp)
-    except (Unroutable, OperationalError, ConnectionError, OSError) as exc:
+    except Exception as exc:  # refused login, closed channel, ...: the broker has nothing
         raise EnqueueError(f"the broker did not take job {job_id}: {exc}") from exc
 
 

@@ -5,7 +5,10 @@ Each pass it
 - publishes **due retries and delayed jobs** (state ``scheduled``, ``run_at`` passed), so a
   delay waits in the ledger, never as an unacknowledged message in a worker's memory;
 - **recovers expired leases**: a ``running`` job whose worker stopped renewing its lease
-  (killed, frozen, cut off) is put back on its queue, counting the lost attempt.
+  (killed, frozen, cut off) is put back on its queue, counting the lost attempt;
+- **republishes stranded jobs**: ``queued`` jobs older than :data:`STRANDED_AFTER_S` whose
+  queue on the broker is empty lost their message (see
+  :meth:`~worker.ledger.Ledger.republish_stranded`); checked every few seconds.
 
 Several relays may run at once: rows are taken with ``SELECT … FOR UPDATE SKIP LOCKED``.
 Run at least one wherever workers run (``conveyor relay``).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,12 +31,27 @@ from worker.publish import publish_row
 log = logging.getLogger("conveyor.relay")
 
 
+def broker_depth(app: ConveyorApp, queue: str) -> int:
+    """Messages ready in ``queue`` on the broker (reserved, unacknowledged ones excluded)."""
+    with app.connection_for_write() as connection:
+        try:
+            _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
+        except connection.channel_errors:
+            return 0  # no such queue: nothing in it
+    return int(count)
+
+
+STRANDED_AFTER_S = 30.0
+STRANDED_EVERY_S = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class Pass:
     """What one relay pass did."""
 
     released: int
     recovered: int
+    republished: int = 0
 
 
 class Relay:
@@ -51,14 +70,35 @@ class Relay:
         self.batch = batch
         self.alive_file = alive_file
         self._stopping = threading.Event()
+        self._stranded_checked = 0.0
 
     def run_once(self) -> Pass:
         publish = partial(publish_row, self.app)
         released = self.app.ledger.release_due(publish, limit=self.batch)
         recovered = self.app.ledger.recover_expired(publish, limit=self.batch)
-        if released or recovered:
-            log.info("relay.pass released=%d recovered=%d", released, recovered)
-        return Pass(released, recovered)
+        republished = 0
+        if time.monotonic() - self._stranded_checked >= STRANDED_EVERY_S:
+            republished = self.republish_stranded()
+            self._stranded_checked = time.monotonic()
+        if released or recovered or republished:
+            log.info(
+                "relay.pass released=%d recovered=%d republished=%d",
+                released,
+                recovered,
+                republished,
+            )
+        return Pass(released, recovered, republished)
+
+    def republish_stranded(self) -> int:
+        """Publish again the stale queued jobs of every queue that is empty on the broker."""
+        publish = partial(publish_row, self.app)
+        count = 0
+        for queue in self.app.ledger.stranded_queues(stale_s=STRANDED_AFTER_S):
+            if broker_depth(self.app, queue) == 0:
+                count += self.app.ledger.republish_stranded(
+                    queue, publish, stale_s=STRANDED_AFTER_S, limit=self.batch
+                )
+        return count
 
     def run(self) -> None:
         """Pass after pass until stopped; a failed pass (ledger or broker down) is retried."""

@@ -34,7 +34,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-SERVICES = {"rabbitmq", "redis", "postgres", "migrate", "worker", "relay", "flower"}
+SERVICES = {"rabbitmq", "redis", "postgres", "migrate", "worker", "relay", "api", "flower"}
 ONE_SHOT = {"migrate"}
 # Where each stateful service keeps what must survive a container re-creation.
 STATE_PATHS = {
@@ -337,7 +337,7 @@ def test_every_conveyor_subcommand_in_the_stack_exists(
     default_cmd = [args for keyword, args in dockerfile_instructions() if keyword == "CMD"]
     assert default_cmd, "the Dockerfile has no default CMD"
     commands.add(as_list(yaml.safe_load(default_cmd[-1]))[0])
-    assert {"worker", "migrate", "relay"} <= commands, commands
+    assert {"worker", "migrate", "relay", "api"} <= commands, commands
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONVEYOR_")}
     for command in sorted(commands):
         result = subprocess.run(

@@ -60,8 +60,11 @@ def rows_with_key(app: ConveyorApp, key: str) -> int:
 def _enqueue_in_child(args: tuple[str, str, str, str, Any]) -> str:
     broker_url, pg_url, queue, key, barrier = args
     app = create_app(load_settings(broker_url=broker_url, database_url=pg_url))
-    barrier.wait()
-    return enqueue("demo.work", {"n": 1}, idempotency_key=key, queue=queue, app=app)
+    barrier.wait(60)
+    try:
+        return enqueue("demo.work", {"n": 1}, idempotency_key=key, queue=queue, app=app)
+    finally:
+        app.ledger.dispose()
 
 
 def test_eight_processes_enqueueing_one_key_make_one_job_and_one_message(
@@ -71,8 +74,14 @@ def test_eight_processes_enqueueing_one_key_make_one_job_and_one_message(
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         barrier = manager.Barrier(8)
-        with context.Pool(8) as pool:
-            ids = pool.map(_enqueue_in_child, [(broker_url, pg_url, queue, key, barrier)] * 8)
+        pool = context.Pool(8)
+        try:
+            work = [(broker_url, pg_url, queue, key, barrier)] * 8
+            ids = pool.map_async(_enqueue_in_child, work).get(timeout=120)
+        finally:
+            # close + join, not terminate: children exit normally (and save their coverage).
+            pool.close()
+            pool.join()
     assert len(set(ids)) == 1
     assert rows_with_key(app, key) == 1
     assert queued_messages(broker_url, queue) == 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Processes, ProcessFactory, WorkerFactory, wait_for
+from tests.conftest import Processes, ProcessFactory, WorkerFactory, run_cli, wait_for
 from worker.app import ConveyorApp
 from worker.client import enqueue, get_job
 from worker.models import JobState
@@ -64,3 +65,19 @@ def test_the_relay_touches_its_alive_file(
     wait_for(alive.exists, timeout_s=30)
     first = alive.stat().st_mtime
     wait_for(lambda: alive.stat().st_mtime > first, timeout_s=30)
+
+
+def test_conveyor_queues_shows_depth_age_and_relay_lag(
+    app: ConveyorApp, env: dict[str, str], queue: str
+) -> None:
+    for n in range(2):
+        enqueue("demo.work", {"n": n}, queue=queue, app=app)
+    enqueue("demo.work", {"n": 9}, queue=queue, delay=0.1, app=app)
+    time.sleep(0.5)  # due, but no relay runs: the lag grows
+    shown = run_cli("queues", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    stats = json.loads(shown.stdout)
+    mine = next(q for q in stats["queues"] if q["name"] == queue)
+    assert (mine["depth"], mine["scheduled"], mine["running"], mine["dead"]) == (2, 1, 0, 0)
+    assert mine["oldest_queued_age_s"] >= 0.5
+    assert stats["relay_lag_s"] >= 0.3

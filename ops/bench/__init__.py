@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m ops.bench.throughput`` (see README.md in this folder)."""

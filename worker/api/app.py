@@ -1,0 +1,126 @@
+"""``create_api``: the FastAPI application over one :class:`~worker.app.ConveyorApp`.
+
+Built once at start-up by ``conveyor api``; building it connects to nothing (the ledger's
+pool and the broker's producer pool fill on first use). The middleware stack, outermost
+first: :class:`~worker.api.problems.CatchAll` (any unexpected error is a bare 500
+problem), :class:`~worker.api.body.BodyLimit` (413), then FastAPI's routing, whose
+exception handlers turn every known error into a problem document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from worker.api.auth import Authenticator
+from worker.api.body import BodyLimit
+from worker.api.dead_letters import dead_letters_router
+from worker.api.health import health_router
+from worker.api.jobs import jobs_router
+from worker.api.problems import CatchAll, Problem, install_handlers
+from worker.api.queues import queues_router
+from worker.api.ratelimit import RateLimiter
+from worker.api.schemas import DeadLetterSelection, JobCreate, ReplaySelection
+from worker.app import ConveyorApp
+
+DESCRIPTION = """\
+Hand jobs to Conveyor over HTTP, follow them, and triage dead letters.
+
+Every `/v1` route needs an API key (`conveyor apikey create NAME --scope ...`) sent as
+`Authorization: Bearer <token>`. Scopes: `enqueue` (create and cancel jobs), `read`
+(every GET), `admin` (replay and purge dead letters; implies the other two). Each key may
+make a limited number of requests per second (429 with `Retry-After` beyond it). Every
+error is an RFC 9457 problem document (`application/problem+json`).
+"""
+
+EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
+    Problem,
+    JobCreate,
+    DeadLetterSelection,
+    ReplaySelection,
+)
+"""Models the document names but FastAPI does not see (problem bodies, and request bodies
+parsed after authentication by :func:`~worker.api.body.json_body`)."""
+
+
+def _version() -> str:
+    try:
+        return version("conveyor")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _drop_fastapi_validation_errors(document: dict[str, Any]) -> None:
+    """Remove the 422 FastAPI documents for every parameter: ours are 400 problems."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(response.get("content")):
+                del operation["responses"]["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        document["components"]["schemas"].pop(name, None)
+
+
+def openapi_document(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus :data:`EXTRA_SCHEMAS`, minus its default 422 responses."""
+    document = get_openapi(
+        title=api.title, version=api.version, description=api.description, routes=api.routes
+    )
+    _, extra = models_json_schema(
+        [(model, "validation") for model in EXTRA_SCHEMAS],
+        ref_template="#/components/schemas/{model}",
+    )
+    document.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
+    _drop_fastapi_validation_errors(document)
+    return document
+
+
+def create_api(conveyor: ConveyorApp) -> FastAPI:
+    """The HTTP API for ``conveyor``'s ledger and broker (see ``docs/api.md``)."""
+    settings = conveyor.settings
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        conveyor.ledger.dispose()
+        conveyor.close()
+
+    api = FastAPI(
+        title="Conveyor",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    auth = Authenticator(conveyor.ledger, RateLimiter(settings.api_rate_limit_per_s))
+    routers = [
+        health_router(conveyor),
+        jobs_router(conveyor, auth),
+        dead_letters_router(conveyor, auth),
+        queues_router(conveyor, auth),
+    ]
+    for router in routers:
+        api.include_router(router)
+    install_handlers(
+        api, [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    )
+    api.add_middleware(BodyLimit, limit_bytes=settings.api_max_body_bytes)
+    api.add_middleware(CatchAll)  # added last: the outermost
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            api.openapi_schema = openapi_document(api)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    return api

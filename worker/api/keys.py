@@ -1,0 +1,163 @@
+"""API keys: who may call the HTTP API, and what they may do.
+
+A key is shown once, when it is created (``conveyor apikey create``), as
+``cvk_<prefix>_<secret>``. The ledger keeps only its public prefix (to find the row) and
+the SHA-256 of the whole token (to check it, in constant time); a leaked ledger does not
+leak usable keys. Revoking keeps the row, so the name stays taken and audit entries that
+name it (``apikey:<name>``) stay meaningful.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from sqlalchemy import Index, String, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from worker.errors import UsageError
+from worker.ledger import Ledger
+from worker.models import Base, JSONDocument, utcnow
+
+TOKEN_PREFIX: Final = "cvk"  # noqa: S105 - the fixed start of every token, not a secret
+PREFIX_BYTES: Final = 6
+SECRET_BYTES: Final = 32
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+PREFIX_PATTERN: Final = re.compile(rf"[0-9a-f]{{{2 * PREFIX_BYTES}}}")
+
+
+class Scope(StrEnum):
+    """What a key may do. ``admin`` implies the other two."""
+
+    ENQUEUE = "enqueue"
+    """Create and cancel jobs."""
+    READ = "read"
+    """Read jobs, dead letters and queues."""
+    ADMIN = "admin"
+    """Replay and purge dead letters."""
+
+
+class ApiKey(Base):
+    """One API key: its name, public prefix, token hash and scopes."""
+
+    __tablename__ = "conveyor_api_keys"
+    __table_args__ = (Index("ix_conveyor_api_keys_prefix", "prefix", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller behind a valid, unrevoked key."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[Scope]
+
+    @property
+    def actor(self) -> str:
+        """How audit entries name this caller."""
+        return f"apikey:{self.name}"
+
+    def allows(self, needed: Scope) -> bool:
+        return needed in self.scopes or Scope.ADMIN in self.scopes
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_prefix(token: str) -> str | None:
+    """The public prefix of a well-formed token, else None."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not parts[2]:
+        return None
+    return parts[1] if PREFIX_PATTERN.fullmatch(parts[1]) else None
+
+
+def create_key(ledger: Ledger, name: str, scopes: Sequence[Scope]) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its token: the only time the token exists."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError("a key name has 1-100 letters, digits, '.', '_' or '-'")
+    if not scopes:
+        raise UsageError("give a key at least one scope")
+    prefix = secrets.token_hex(PREFIX_BYTES)
+    token = f"{TOKEN_PREFIX}_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
+    key = ApiKey(
+        id=str(uuid.uuid4()),
+        name=name,
+        prefix=prefix,
+        token_hash=hash_token(token),
+        scopes=sorted({Scope(scope).value for scope in scopes}),
+        created_at=utcnow(),
+    )
+    try:
+        with ledger.transaction() as session:
+            session.add(key)
+    except IntegrityError:
+        raise UsageError(f"an API key named {name!r} exists already (maybe revoked)") from None
+    return key, token
+
+
+def list_keys(ledger: Ledger) -> Sequence[ApiKey]:
+    with ledger.session() as session:
+        return session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.name)).all()
+
+
+def revoke_key(ledger: Ledger, name: str) -> bool:
+    """Revoke the key called ``name``; False if it was revoked before.
+
+    Raises :class:`~worker.errors.UsageError` when there is no such key. Servers stop
+    accepting it within :data:`worker.api.auth.KEY_CACHE_TTL_S`.
+    """
+    with ledger.transaction() as session:
+        revoked = session.execute(
+            update(ApiKey)
+            .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .returning(ApiKey.id)
+        ).scalar_one_or_none()
+        if revoked is not None:
+            return True
+        if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is None:
+            raise UsageError(f"no API key named {name!r}")
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What checking a token found: a principal, or why not."""
+
+    principal: Principal | None
+    revoked: bool = False
+
+
+def check_token(ledger: Ledger, token: str) -> Lookup:
+    """Find the key for ``token`` by its prefix and compare hashes in constant time."""
+    prefix = token_prefix(token)
+    if prefix is None:
+        return Lookup(None)
+    with ledger.session() as session:
+        key = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if key is None or not hmac.compare_digest(key.token_hash, hash_token(token)):
+        return Lookup(None)
+    if key.revoked_at is not None:
+        return Lookup(None, revoked=True)
+    known = {scope.value for scope in Scope}
+    scopes = frozenset(Scope(scope) for scope in key.scopes if scope in known)
+    return Lookup(Principal(key.id, key.name, scopes))

@@ -1,0 +1,329 @@
+"""The API's request and response bodies, with the examples the OpenAPI document shows.
+
+Response models mirror :func:`worker.views.job_view` and
+:func:`worker.dlq.dead_letter_view` (the CLI's ``--json`` shapes) and allow extra fields,
+so a field added there reaches API clients too. Request models refuse unknown fields and
+any value the ledger could not store (NUL characters, non-finite numbers, integers beyond
+64 bits), so such input is a 422, never a database error.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+)
+
+from worker.models import JobState
+
+NO_NUL: Final = r"^[^\x00]*$"
+QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+MAX_DELAY_S: Final = 366 * 86_400
+INT64_MAX: Final = 2**63 - 1
+
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=QUEUE_PATTERN)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_NUL)]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+def iso_only(value: Any) -> Any:
+    """Refuse numbers: times are ISO 8601 strings here, never Unix timestamps."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+    elif isinstance(value, datetime):
+        return value
+    raise ValueError("give an ISO 8601 time, such as 2026-11-30T10:00:00Z")
+
+
+def as_utc(value: datetime) -> datetime:
+    """Naive times are UTC; aware ones are converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range in UTC") from None
+
+
+UtcDatetime = Annotated[datetime, Strict(False), BeforeValidator(iso_only), AfterValidator(as_utc)]
+"""A time in ISO 8601 (UTC when no zone is given); strict models still parse it from text."""
+
+
+def storable(value: Any, where: str = "payload") -> None:
+    """Raise ValueError for JSON the ledger and the wire cannot carry faithfully."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where}: strings must not contain NUL characters")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError(f"{where}: integers must fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable(key, where)
+            storable(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            storable(item, f"{where}[{index}]")
+
+
+def _storable_payload(value: dict[str, Any]) -> dict[str, Any]:
+    storable(value)
+    return value
+
+
+Payload = Annotated[dict[str, Any], AfterValidator(_storable_payload)]
+
+
+class JobCreate(BaseModel):
+    """A job to enqueue."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"task": "demo.work", "payload": {"n": 3}},
+                {
+                    "task": "webhooks.deliver",
+                    "payload": {"url": "https://example.com/hook", "body": {"order": 1}},
+                    "queue": "webhooks",
+                    "delay_s": 30,
+                    "priority": 5,
+                },
+            ]
+        },
+    )
+
+    task: TaskName = Field(description="A registered job name.")
+    payload: Payload = Field(description="The job's input: a JSON object (its schema's shape).")
+    queue: QueueName | None = Field(None, description="Queue to use instead of the job's own.")
+    delay_s: float | None = Field(
+        None, ge=0, le=MAX_DELAY_S, allow_inf_nan=False, description="Run no sooner than this."
+    )
+    priority: int | None = Field(None, ge=0, le=9, description="0 to 9.")
+
+
+class JobAccepted(BaseModel):
+    """The job's id and state right after it was accepted."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": "0b5c6f0e-8d0c-4e59-9d7a-0d6f3c1f2a4b", "state": "queued"}]
+        }
+    )
+
+    id: str
+    state: JobState
+
+
+class JobError(BaseModel):
+    type: str
+    message: str | None
+    reason: str | None
+
+
+class JobView(BaseModel):
+    """One job (the shape of ``conveyor jobs show --json``)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b5c6f0e-8d0c-4e59-9d7a-0d6f3c1f2a4b",
+                    "task": "demo.work",
+                    "queue": "default",
+                    "state": "succeeded",
+                    "attempts": 1,
+                    "max_attempts": 5,
+                    "idempotency_key": "order-1",
+                    "priority": None,
+                    "payload": {"n": 3},
+                    "result": {"n": 3},
+                    "error": None,
+                    "created_at": "2026-11-30T10:00:00.000000+00:00",
+                    "updated_at": "2026-11-30T10:00:00.120000+00:00",
+                    "run_at": None,
+                    "started_at": "2026-11-30T10:00:00.010000+00:00",
+                    "finished_at": "2026-11-30T10:00:00.120000+00:00",
+                }
+            ]
+        },
+    )
+
+    id: str
+    task: str
+    queue: str
+    state: JobState
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    priority: int | None
+    payload: dict[str, Any]
+    result: Any
+    error: JobError | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    run_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
+
+    items: list[JobView]
+    next_cursor: str | None = Field(description="Null on the last page.")
+
+
+class DeadLetterSummary(BaseModel):
+    """One dead job in a list (the shape of ``conveyor dlq list --json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    task: str
+    queue: str
+    reason: str | None
+    error_type: str | None
+    error_message: str | None
+    attempts: int
+    dead_at: Timestamp | None
+    created_at: Timestamp
+    idempotency_key: str | None
+    replay_of: str | None
+    payload: dict[str, Any]
+
+
+class DeadLetterView(DeadLetterSummary):
+    """One dead job with its traceback (``conveyor dlq show --json``)."""
+
+    traceback: str | None
+
+
+class DeadLetterList(BaseModel):
+    items: list[DeadLetterSummary]
+
+
+class DeadLetterSelection(BaseModel):
+    """Which dead letters a bulk operation applies to. An empty filter needs ``all``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {"queue": "webhooks", "error_type": "httpx.ConnectError", "dry_run": True},
+                {"all": True},
+            ]
+        },
+    )
+
+    ids: list[Text] = Field(default_factory=list, max_length=10_000)
+    queue: Text | None = None
+    task: Text | None = None
+    error_type: Text | None = None
+    since: UtcDatetime | None = Field(None, description="Dead at or after this time.")
+    until: UtcDatetime | None = Field(None, description="Dead before this time.")
+    every: bool = Field(False, alias="all", description="Required to select with no filter.")
+    dry_run: bool = Field(False, description="Say what would be done; change nothing.")
+
+
+class ReplaySelection(DeadLetterSelection):
+    rate_per_s: float | None = Field(
+        None, gt=0, le=10_000, allow_inf_nan=False, description="Spread the replays out."
+    )
+
+
+class Outcome(BaseModel):
+    """What a replay or purge did (or, with ``dry_run``, would do)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "action": "replay",
+                    "dry_run": False,
+                    "count": 1,
+                    "job_ids": ["0b5c6f0e-8d0c-4e59-9d7a-0d6f3c1f2a4b"],
+                    "new_ids": ["5f1d2c3b-7e8a-4b9c-8d0e-1f2a3b4c5d6e"],
+                    "skipped": {},
+                    "removed_from_broker": 1,
+                }
+            ]
+        }
+    )
+
+    action: str
+    dry_run: bool
+    count: int
+    job_ids: list[str]
+    new_ids: list[str]
+    skipped: dict[str, str] = Field(description="Dead jobs left alone, and why.")
+    removed_from_broker: int
+
+
+class QueueStats(BaseModel):
+    name: str
+    depth: int = Field(description="Jobs waiting in state queued.")
+    running: int
+    scheduled: int = Field(description="Delayed jobs and jobs waiting for a retry.")
+    dead: int = Field(description="Dead letters not yet replayed.")
+    oldest_queued_age_s: float | None = Field(
+        description="How long the longest-waiting queued job has been queued."
+    )
+
+
+class QueuesView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "queues": [
+                        {
+                            "name": "default",
+                            "depth": 12,
+                            "running": 2,
+                            "scheduled": 3,
+                            "dead": 1,
+                            "oldest_queued_age_s": 0.8,
+                        }
+                    ],
+                    "relay_lag_s": 0.0,
+                }
+            ]
+        }
+    )
+
+    queues: list[QueueStats]
+    relay_lag_s: float = Field(
+        description="Age of the oldest scheduled job whose time has come (0 when none waits)."
+    )
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    checks: dict[str, str] = Field(examples=[{"ledger": "ok", "broker": "ok"}])

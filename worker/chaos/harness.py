@@ -1,0 +1,211 @@
+"""One chaos run, start to finish: services, jobs, faults, quiescence, invariants."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from sqlalchemy import func, select
+
+from config import load_settings
+from worker.app import ConveyorApp, create_app
+from worker.chaos.invariants import Report, check
+from worker.chaos.jobs import metadata as chaos_metadata
+from worker.chaos.plan import CHAOS_TASK, JobPlan, plan_jobs
+from worker.chaos.proxy import FaultProxy
+from worker.chaos.scenarios import SCENARIOS, Faults
+from worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
+from worker.chaos.stack import Stack
+from worker.client import enqueue
+from worker.ledger import make_engine
+from worker.migrate import upgrade
+from worker.models import TERMINAL_STATES, Job
+
+CHAOS_MODULES = ["worker.chaos.jobs"]
+WORKERS = 2
+CONCURRENCY = 2
+
+Progress = Callable[[str], None]
+
+
+def driver_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@contextmanager
+def scratch_database(admin_url: str, name: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server at ``admin_url``, dropped afterwards."""
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
+
+
+def inject_poison(app: ConveyorApp, broker_url: str, queue: str, count: int) -> dict[str, str]:
+    """Publish ``count`` poison messages straight onto ``queue``; returns id -> expected reason."""
+    expected: dict[str, str] = {}
+    destination = Queue(queue, Exchange(queue), routing_key=queue)
+    with Connection(broker_url) as connection:
+        producer = connection.Producer()
+        for i in range(count):
+            job_id = str(uuid.uuid4())
+            kind = i % 3
+            if kind == 0:  # a task message whose body is not JSON
+                producer.publish(
+                    b"\xff{{ not json",
+                    exchange=destination.exchange,
+                    routing_key=queue,
+                    declare=[destination],
+                    headers={"id": job_id, "task": CHAOS_TASK, "lang": "py"},
+                    content_type="application/json",
+                    content_encoding="binary",
+                )
+                expected[job_id] = "undecodable"
+            elif kind == 1:
+                app.send_task("chaos.no-such-task", kwargs={"x": i}, task_id=job_id, queue=queue)
+                expected[job_id] = "unknown_task"
+            else:
+                app.send_task("demo.work", kwargs={"n": -i - 1}, task_id=job_id, queue=queue)
+                expected[job_id] = "invalid_payload"
+    return expected
+
+
+def terminal_count(app: ConveyorApp, ids: list[str]) -> int:
+    states = [state.value for state in TERMINAL_STATES]
+    with app.ledger.session() as session:
+        return int(
+            session.scalar(select(func.count()).where(Job.id.in_(ids), Job.state.in_(states))) or 0
+        )
+
+
+def run(
+    scenario_name: str,
+    *,
+    broker: str,
+    jobs: int,
+    seed: int,
+    pg_url: str,
+    redis_url: str,
+    amqp_url: str,
+    timeout_s: float | None = None,
+    progress: Progress = lambda _: None,
+) -> Report:
+    """Run one scenario and return its report (see :mod:`worker.chaos.invariants`)."""
+    scenario = SCENARIOS[scenario_name]
+    run_id = f"{scenario_name}-{broker}-{seed}-{uuid.uuid4().hex[:6]}"
+    queue = f"chaos-{run_id}"
+    bound_s = timeout_s or 120 + jobs * 0.1
+    workdir = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
+    workdir.chmod(0o755)  # the run's own PostgreSQL and RabbitMQ run as their own users
+    report = Report(scenario=scenario_name, broker=broker, seed=seed, jobs=jobs, faults={})
+    started = time.monotonic()
+    with ExitStack() as cleanup:
+        instance: RedisInstance | RabbitInstance | None = None
+        if scenario.own_broker:
+            instance = (RedisInstance if broker == "redis" else RabbitInstance)(workdir / "broker")
+            instance.start()
+            cleanup.callback(instance.stop)
+            broker_url = instance.url
+        else:
+            broker_url = redis_url if broker == "redis" else amqp_url
+        database: PostgresInstance | None = None
+        if scenario.own_database:
+            database = PostgresInstance(workdir / "pg")
+            database.init()
+            database.start()
+            cleanup.callback(database.stop)
+            db_url = database.url
+        else:
+            db_url = cleanup.enter_context(
+                scratch_database(pg_url, f"conveyor_chaos_{uuid.uuid4().hex[:10]}")
+            )
+        progress(f"run {run_id}: broker {urlsplit(broker_url).port}, workdir {workdir}")
+        upgrade(driver_url(db_url))
+        engine = make_engine(driver_url(db_url))
+        chaos_metadata.create_all(engine)
+        engine.dispose()
+
+        worker_broker_url, proxy = broker_url, None
+        if scenario.proxy:
+            target = urlsplit(broker_url)
+            proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 0)
+            proxy.start()
+            cleanup.callback(proxy.stop)
+            worker_broker_url = with_port(broker_url, proxy.port)
+
+        settings = load_settings(
+            broker_url=broker_url,
+            database_url=db_url,
+            task_modules=CHAOS_MODULES,
+            data_dir=workdir / "var",
+        )
+        app = create_app(settings)
+        cleanup.callback(app.ledger.dispose)
+        plans: dict[str, JobPlan] = {}
+        for plan in plan_jobs(seed, jobs, scenario.mix):
+            plan.payload["run"] = run_id
+            plans[enqueue(CHAOS_TASK, plan.payload, queue=queue, app=app)] = plan
+        poison = inject_poison(app, broker_url, queue, round(jobs * scenario.poison_share))
+        ids = [*plans, *poison]
+        progress(f"enqueued {len(plans)} jobs and {len(poison)} poison messages")
+
+        env: dict[str, Any] = {
+            **os.environ,
+            "CONVEYOR_BROKER_URL": worker_broker_url,
+            "CONVEYOR_DATABASE_URL": db_url,
+            "CONVEYOR_TASK_MODULES": ",".join(CHAOS_MODULES),
+            "CONVEYOR_DATA_DIR": str(workdir / "var"),
+        }
+        stack = Stack(workdir, env=env, queue=queue, workers=WORKERS, concurrency=CONCURRENCY)
+        stack.start()
+        stop = threading.Event()
+        faults = Faults(
+            stack, random.Random(seed), stop, broker=instance, database=database, proxy=proxy
+        )
+        injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)
+        injector.start()
+        deadline = time.monotonic() + bound_s
+        done = 0
+        while time.monotonic() < deadline:
+            with suppress(Exception):  # the ledger may be down on purpose
+                done = terminal_count(app, ids)
+            if done == len(ids):
+                break
+            time.sleep(0.5)
+        stop.set()
+        injector.join(60)
+        # Faults are over: give the platform a moment to finish what is still in flight.
+        settle = time.monotonic() + min(60.0, bound_s)
+        while time.monotonic() < settle and terminal_count(app, ids) < len(ids):
+            time.sleep(0.5)
+        leftover = stack.stop()
+        report.faults = dict(faults.counts)
+        report.elapsed_s = round(time.monotonic() - started, 1)
+        check(app.ledger, report, run_id=run_id, plans=plans, poison=poison, leftover_pids=leftover)
+    if report.ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        report.violations.append(f"logs kept in {workdir}")
+    return report

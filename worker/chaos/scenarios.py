@@ -1,0 +1,160 @@
+"""The faults each scenario injects while its jobs run.
+
+An injector runs in a thread until the run's jobs are done (``stop`` is set), sleeping
+seeded intervals between faults and counting each fault it injects by kind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.chaos.plan import Mix
+from worker.chaos.proxy import FaultProxy
+from worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
+from worker.chaos.stack import Stack
+
+
+@dataclass
+class Faults:
+    """What an injector can break, and the tally of what it broke."""
+
+    stack: Stack
+    rng: random.Random
+    stop: threading.Event
+    broker: RedisInstance | RabbitInstance | None = None
+    database: PostgresInstance | None = None
+    proxy: FaultProxy | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def pause(self, low_s: float, high_s: float) -> bool:
+        """Wait a seeded while (the first time, under a second); False once the run is over."""
+        if not self.counts:
+            low_s, high_s = 0.3, 1.0
+        return not self.stop.wait(self.rng.uniform(low_s, high_s))
+
+
+Injector = Callable[[Faults], None]
+
+
+def kill_workers(faults: Faults) -> None:
+    """SIGKILL a pool child or a whole worker (main process and pool); the supervisor restarts."""
+    while faults.pause(0.5, 1.5):
+        workers = [w for w in faults.stack.workers if w.poll() is None]
+        if not workers:
+            continue
+        worker = faults.rng.choice(workers)
+        children = faults.stack.pool_children(worker)
+        if children and faults.rng.random() < 0.5:
+            os.kill(faults.rng.choice(children), signal.SIGKILL)
+            faults.counts["sigkill_pool_child"] += 1
+        else:
+            os.killpg(worker.pid, signal.SIGKILL)
+            faults.counts["sigkill_worker"] += 1
+
+
+def rolling_restarts(faults: Faults) -> None:
+    """A deploy: start a new worker, then SIGTERM an old one (it finishes its jobs first)."""
+    while faults.pause(1.0, 2.0):
+        old = [w for w in faults.stack.workers if w.poll() is None]
+        faults.stack.add_worker()
+        if old:
+            faults.rng.choice(old).send_signal(signal.SIGTERM)
+            faults.counts["sigterm_worker"] += 1
+
+
+def restart_broker(faults: Faults) -> None:
+    assert faults.broker is not None
+    while faults.pause(4.0, 8.0):
+        faults.broker.stop()
+        faults.stop.wait(faults.rng.uniform(1.0, 2.0))
+        faults.broker.start()
+        faults.counts["broker_restart"] += 1
+
+
+def database_outage(faults: Faults) -> None:
+    assert faults.database is not None
+    while faults.pause(4.0, 8.0):
+        faults.database.stop()
+        faults.stop.wait(faults.rng.uniform(3.0, 5.0))
+        faults.database.start()
+        faults.counts["db_outage"] += 1
+
+
+def network_faults(faults: Faults) -> None:
+    assert faults.proxy is not None
+    proxy = faults.proxy
+    while faults.pause(1.0, 3.0):
+        kind = faults.rng.choice(["latency", "reset", "cut"])
+        if kind == "latency":
+            proxy.latency_s = faults.rng.uniform(0.02, 0.2)
+            faults.stop.wait(faults.rng.uniform(1.0, 3.0))
+            proxy.latency_s = 0.0
+        elif kind == "reset":
+            proxy.reset_all()
+        else:
+            proxy.set_cut(True)
+            faults.stop.wait(faults.rng.uniform(2.0, 4.0))
+            proxy.set_cut(False)
+        faults.counts[f"network_{kind}"] += 1
+
+
+def nothing(faults: Faults) -> None:
+    """Scenarios whose faults are in the jobs or the messages themselves."""
+    faults.stop.wait()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    inject: Injector
+    mix: Mix = field(default_factory=Mix)
+    own_broker: bool = False
+    own_database: bool = False
+    proxy: bool = False
+    poison_share: float = 0.0
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in [
+        Scenario("worker-kill", "SIGKILL pool children and whole workers", kill_workers),
+        Scenario("worker-term", "rolling SIGTERM restarts, as in a deploy", rolling_restarts),
+        Scenario(
+            "broker-restart",
+            "stop and restart the run's own broker (Redis with AOF, or a RabbitMQ node)",
+            restart_broker,
+            own_broker=True,
+        ),
+        Scenario(
+            "db-outage",
+            "the ledger's PostgreSQL (the run's own) stops for seconds and comes back",
+            database_outage,
+            own_database=True,
+        ),
+        Scenario(
+            "network",
+            "latency, resets and cuts between workers and broker (TCP fault proxy)",
+            network_faults,
+            proxy=True,
+        ),
+        Scenario(
+            "poison",
+            "malformed, unknown-task and schema-invalid messages mixed into the stream",
+            nothing,
+            poison_share=0.05,
+        ),
+        Scenario(
+            "flaky",
+            "jobs fail with probability p, overrun their time limit or ask for RetryAfter",
+            nothing,
+            mix=Mix(fail_p=0.3, fatal=0.03, retry_after=0.1, timeout=0.03),
+        ),
+    ]
+}

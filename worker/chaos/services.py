@@ -1,0 +1,200 @@
+"""Broker and database instances of a chaos run's own, which it may stop and restart.
+
+The shared services on the machine are never touched: a scenario that breaks a service
+starts its own on a free loopback port, in a temporary folder, and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+import psycopg
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(check: Callable[[], object], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with suppress(Exception):  # the service is still starting
+            if check():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up within {timeout_s:g}s")
+
+
+class RedisInstance:
+    """redis-server with append-only persistence (fsync always), so a restart keeps data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+                *("--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_until(client.ping, timeout_s=30, what="redis")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(30)
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the postgres user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
+    )
+    if found is None:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed")
+    return found
+
+
+class PostgresInstance:
+    """A PostgreSQL cluster of the run's own (initdb, pg_ctl), trust auth on loopback."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = directory / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres(
+                [_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.directory}"
+        )
+        subprocess.run(
+            _as_postgres(
+                [
+                    _pg_bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(self.directory / "log"),
+                    "-w",
+                    "start",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(self._accepts, timeout_s=30, what="postgres")
+
+    def _accepts(self) -> bool:
+        with psycopg.connect(self.url) as connection:
+            return connection.execute("SELECT 1").fetchone() is not None
+
+    def stop(self) -> None:
+        subprocess.run(
+            _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"
+
+
+class RabbitInstance:
+    """A RabbitMQ node of the run's own (its own node name, ports and data folder)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"chaos{self.port}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_PID_FILE": str(self.directory / "node.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq"),
+        }
+
+    def _run(self, *command: str, check: bool = True) -> bool:
+        """Run a RabbitMQ command as the rabbitmq user (as Debian's wrappers would)."""
+        env = {**self._env(), "HOME": "/var/lib/rabbitmq"}
+        prefix = ["runuser", "-u", "rabbitmq", "--"] if os.geteuid() == 0 else []
+        variables = [f"{k}={v}" for k, v in env.items() if k.startswith(("RABBITMQ_", "HOME"))]
+        done = subprocess.run(
+            [*prefix, "env", *variables, *command],
+            check=check,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/var/lib/rabbitmq" if os.geteuid() == 0 else None,
+        )
+        return done.returncode == 0
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "log").mkdir(exist_ok=True)
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "rabbitmq.conf").write_text("loopback_users = none\n")
+        if os.geteuid() == 0:  # the node runs as the rabbitmq user
+            for path in [self.directory, *self.directory.rglob("*")]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        self._run(f"{RABBIT_BIN}/rabbitmq-server", "-detached")
+        # await_startup fails at once until the new node has registered with epmd.
+        ctl = f"{RABBIT_BIN}/rabbitmqctl"
+        wait_until(
+            lambda: self._run(
+                ctl, "-n", self.node, "await_startup", "--timeout", "60", check=False
+            ),
+            timeout_s=120,
+            what="rabbitmq",
+        )
+
+    def stop(self) -> None:
+        self._run(f"{RABBIT_BIN}/rabbitmqctl", "-n", self.node, "stop", check=False)

@@ -1,0 +1,91 @@
+"""The processes of a chaos run: workers (supervised, restarted when they die) and a relay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Stack:
+    """Real ``conveyor worker`` and ``conveyor relay`` processes on one broker and ledger."""
+
+    def __init__(
+        self, workdir: Path, *, env: dict[str, str], queue: str, workers: int, concurrency: int
+    ) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.queue = queue
+        self.concurrency = concurrency
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.started: list[subprocess.Popen[bytes]] = []
+        self._wanted = workers
+        self._lock = threading.Lock()
+        self._supervising = threading.Event()
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{args[0]}-{len(self.started)}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self.started.append(process)
+        return process
+
+    def start(self) -> None:
+        self.relay = self._spawn("relay", "--poll", "0.1")
+        for _ in range(self._wanted):
+            self.add_worker()
+        self._supervising.set()
+        threading.Thread(target=self._supervise, name="chaos-supervisor", daemon=True).start()
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        with self._lock:
+            worker = self._spawn(
+                "worker", "-Q", self.queue, "-c", str(self.concurrency), "--loglevel", "WARNING"
+            )
+            self.workers.append(worker)
+            return worker
+
+    def _supervise(self) -> None:
+        """Like systemd or Kubernetes: a worker that exits is replaced."""
+        while self._supervising.is_set():
+            with self._lock:
+                self.workers = [w for w in self.workers if w.poll() is None]
+                missing = self._wanted - len(self.workers)
+            for _ in range(missing):
+                self.add_worker()
+            time.sleep(0.5)
+
+    def pool_children(self, worker: subprocess.Popen[bytes]) -> list[int]:
+        path = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
+
+    def stop(self) -> list[int]:
+        """Stop everything (SIGTERM, then SIGKILL); returns pids that were still alive after."""
+        self._supervising.clear()
+        time.sleep(0.6)
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in self.started:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return [p.pid for p in self.started if p.poll() is None]

@@ -1,0 +1,124 @@
+"""``conveyor api`` (serve the HTTP API) and ``conveyor apikey`` (manage its keys)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from worker.cli_common import State, emit_json, json_option, pass_state
+from worker.views import iso
+
+SCOPES = ("enqueue", "read", "admin")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--access-log/--no-access-log", default=True, help="Log one line per request.")
+@pass_state
+def api(state: State, host: str, port: int, access_log: bool) -> None:
+    """Serve the HTTP API (uvicorn) until stopped; SIGTERM finishes open requests first."""
+    import uvicorn
+
+    from worker.api.app import create_api
+    from worker.cli import LOG_FORMAT
+
+    logging.basicConfig(level=state.settings.log_level, format=LOG_FORMAT)
+    application = create_api(state.app)  # the ledger's schema is checked here, once
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level=state.settings.log_level.lower(),
+        access_log=access_log,
+        server_header=False,
+    )
+
+
+@click.group()
+def apikey() -> None:
+    """Create, list and revoke API keys for the HTTP API."""
+
+
+@apikey.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    type=click.Choice(SCOPES),
+    multiple=True,
+    required=True,
+    help="What the key may do (repeatable): enqueue, read, admin (admin implies the others).",
+)
+@json_option
+@pass_state
+def apikey_create(state: State, name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+    """Create key NAME and print its token: the only time it is shown."""
+    from worker.api.keys import Scope, create_key
+
+    key, token = create_key(state.app.ledger, name, [Scope(scope) for scope in scopes])
+    if as_json:
+        emit_json(
+            {
+                "name": key.name,
+                "prefix": key.prefix,
+                "scopes": key.scopes,
+                "created_at": iso(key.created_at),
+                "token": token,
+            }
+        )
+        return
+    click.echo(token)
+    click.echo(
+        f"created API key {key.name!r} ({', '.join(key.scopes)}); "
+        "store the token now, it is not shown again",
+        err=True,
+    )
+
+
+@apikey.command("list")
+@json_option
+@pass_state
+def apikey_list(state: State, as_json: bool) -> None:
+    """List API keys (never their tokens)."""
+    from worker.api.keys import list_keys
+
+    keys = list_keys(state.app.ledger)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": key.name,
+                    "prefix": key.prefix,
+                    "scopes": key.scopes,
+                    "created_at": iso(key.created_at),
+                    "revoked_at": iso(key.revoked_at),
+                }
+                for key in keys
+            ]
+        )
+        return
+    table = Table("name", "prefix", "scopes", "created", "revoked")
+    for key in keys:
+        revoked = key.revoked_at.isoformat()[:19] if key.revoked_at else ""
+        table.add_row(
+            key.name, key.prefix, ",".join(key.scopes), key.created_at.isoformat()[:19], revoked
+        )
+    Console().print(table)
+
+
+@apikey.command("revoke")
+@click.argument("name")
+@pass_state
+def apikey_revoke(state: State, name: str) -> None:
+    """Revoke key NAME; servers refuse it within a few seconds."""
+    from worker.api.auth import KEY_CACHE_TTL_S
+    from worker.api.keys import revoke_key
+
+    if revoke_key(state.app.ledger, name):
+        click.echo(f"revoked API key {name!r}; servers refuse it within {KEY_CACHE_TTL_S:g}s")
+    else:
+        click.echo(f"API key {name!r} was already revoked")

@@ -1,0 +1,101 @@
+"""``conveyor chaos``: run the fault scenarios of :mod:`worker.chaos` and report figures."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from worker.chaos.invariants import Report
+from worker.chaos.scenarios import SCENARIOS
+from worker.cli_common import emit_json, json_option
+
+DEFAULT_PG = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@click.group()
+def chaos() -> None:
+    """Prove the promises under injected faults."""
+
+
+@chaos.command("list")
+@json_option
+def chaos_list(as_json: bool) -> None:
+    """The scenarios and what each breaks."""
+    if as_json:
+        emit_json({name: s.description for name, s in SCENARIOS.items()})
+        return
+    for name, scenario in SCENARIOS.items():
+        click.echo(f"{name:<15} {scenario.description}")
+
+
+def report_table(report: Report) -> Table:
+    table = Table("figure", "value", title=f"chaos {report.scenario} on {report.broker}")
+    rows = [
+        ("seed", report.seed),
+        ("jobs", report.jobs),
+        *((f"faults: {kind}", count) for kind, count in sorted(report.faults.items())),
+        ("succeeded", report.succeeded),
+        ("dead", report.dead),
+        ("lost", report.lost),
+        ("duplicated effects", report.duplicated_effects),
+        ("retries", report.retries),
+        ("lost attempts (recovered)", report.lost_attempts),
+        ("p50 to terminal (s)", report.p50_s),
+        ("p95 to terminal (s)", report.p95_s),
+        ("elapsed (s)", report.elapsed_s),
+        ("invariants", "hold" if report.ok else f"{len(report.violations)} violated"),
+    ]
+    for name, value in rows:
+        table.add_row(name, "-" if value is None else str(value))
+    return table
+
+
+@chaos.command("run")
+@click.argument("scenario", type=click.Choice(sorted(SCENARIOS)))
+@click.option("--broker", type=click.Choice(["redis", "rabbitmq"]), default="redis")
+@click.option("--jobs", type=click.IntRange(1, 100_000), default=300, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(10), help="Bound on the run.")
+@click.option("--pg-url", default=DEFAULT_PG, show_default=True, help="PostgreSQL server.")
+@click.option("--redis-url", default=DEFAULT_REDIS, show_default=True)
+@click.option("--amqp-url", default=DEFAULT_AMQP, show_default=True)
+@json_option
+def chaos_run(
+    scenario: str,
+    broker: str,
+    jobs: int,
+    seed: int,
+    timeout_s: float | None,
+    pg_url: str,
+    redis_url: str,
+    amqp_url: str,
+    as_json: bool,
+) -> None:
+    """Run SCENARIO; exit 1 if any invariant did not hold. Replay a failure with --seed."""
+    from worker.chaos.harness import run
+
+    console = Console(stderr=True)
+    report = run(
+        scenario,
+        broker=broker,
+        jobs=jobs,
+        seed=seed,
+        pg_url=pg_url,
+        redis_url=redis_url,
+        amqp_url=amqp_url,
+        timeout_s=timeout_s,
+        progress=console.print,
+    )
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        Console().print(report_table(report))
+        for violation in report.violations[:20]:
+            click.echo(f"violated: {violation}", err=True)
+    if not report.ok:
+        sys.exit(1)

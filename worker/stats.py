@@ -1,0 +1,67 @@
+"""Per-queue depth and age, and the relay's lag, read from the ledger.
+
+The ledger, not the broker, answers: it knows what is queued, running, scheduled and
+dead on every broker alike, and one grouped query covers every queue. Used by
+``conveyor queues`` and ``GET /v1/queues``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from worker.ledger import Ledger
+from worker.models import Job, JobState, utcnow
+
+COUNTED = {
+    JobState.QUEUED: "depth",
+    JobState.RUNNING: "running",
+    JobState.SCHEDULED: "scheduled",
+    JobState.DEAD: "dead",
+}
+
+
+def _age_s(since: datetime | None, now: datetime) -> float | None:
+    return max((now - since).total_seconds(), 0.0) if since is not None else None
+
+
+def queue_stats(ledger: Ledger) -> dict[str, Any]:
+    """Counts by queue and state, the oldest queued job's wait, and the relay's lag.
+
+    A queued job's wait is measured from when it last became ``queued`` (its
+    ``updated_at``), so a job back from a retry does not look older than it is. The relay's
+    lag is the age of the oldest ``scheduled`` job already due: how far publishing is
+    behind (0 when nothing due waits).
+    """
+    now = utcnow()
+    counts = (
+        select(Job.queue, Job.state, func.count(), func.min(Job.updated_at))
+        .where(
+            or_(
+                Job.state.in_([JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED]),
+                and_(Job.state == JobState.DEAD, Job.replayed_as.is_(None)),
+            )
+        )
+        .group_by(Job.queue, Job.state)
+    )
+    oldest_due = select(func.min(Job.run_at)).where(
+        Job.state == JobState.SCHEDULED, Job.run_at <= now
+    )
+    with ledger.session() as session:
+        rows = session.execute(counts).all()
+        due = session.scalar(oldest_due)
+    queues: dict[str, dict[str, Any]] = {}
+    for name, state, count, oldest in rows:
+        stats = queues.setdefault(
+            name,
+            {field: 0 for field in COUNTED.values()} | {"name": name, "oldest_queued_age_s": None},
+        )
+        stats[COUNTED[JobState(state)]] = count
+        if state == JobState.QUEUED:
+            stats["oldest_queued_age_s"] = _age_s(oldest, now)
+    return {
+        "queues": [queues[name] for name in sorted(queues)],
+        "relay_lag_s": _age_s(due, now) or 0.0,
+    }
