@@ -30,6 +30,13 @@ class BrokerKind(StrEnum):
     EMBEDDED = "embedded"
 
 
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    JSON = "json"
+    TEXT = "text"
+
+
 class QueueType(StrEnum):
     """RabbitMQ queue type for Conveyor's queues (ignored on other brokers)."""
 
@@ -78,8 +85,51 @@ class Settings(BaseSettings):
     idempotency_window_s: int = Field(
         86_400, gt=0, description="How long an idempotency key maps to the same job."
     )
-    sentry_dsn: SecretStr | None = None
+    sentry_dsn: SecretStr | None = Field(
+        None, description="Sentry DSN; unset means nothing is reported to Sentry."
+    )
+    release: str | None = Field(
+        None, description="Release name for Sentry and logs; defaults to the package version."
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_format: LogFormat = Field(
+        LogFormat.JSON, description="json: one JSON object per line; text: for a terminal."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Worker and relay: serve /metrics here; unset: off."
+    )
+    metrics_address: str = Field("127.0.0.1", description="Address the /metrics server binds.")
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every /metrics endpoint requires; needed off loopback.",
+    )
+    flower_user: str | None = Field(None, description="Flower: basic-auth user name.")
+    flower_password: SecretStr | None = Field(None, description="Flower: basic-auth password.")
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_address: str = Field("127.0.0.1", description="Flower: address to bind.")
+    broker_api_url: SecretStr | None = Field(
+        None,
+        description="RabbitMQ management API URL (http://user:pass@host:15672/api/) for "
+        "Flower's queue lengths.",
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP endpoint for traces (http://host:4318); unset: tracing off."
+    )
+
+    @field_validator(
+        "sentry_dsn",
+        "metrics_token",
+        "flower_user",
+        "flower_password",
+        "broker_api_url",
+        "otlp_endpoint",
+        "release",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `X=${X:-}` in a compose file passes an empty string: that means "not set".
+        return None if value == "" else value
 
     @field_validator("task_modules", mode="before")
     @classmethod

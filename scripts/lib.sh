@@ -86,15 +86,24 @@ ensure_redis() {
 }
 
 ensure_rabbitmq() {
-  port_open 5672 && return
-  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
-  say "starting RabbitMQ"
-  as_root rabbitmq-server -detached
-  as_root rabbitmqctl await_startup >/dev/null
-  wait_port 5672
+  if ! port_open 5672; then
+    command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+    say "starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    as_root rabbitmqctl await_startup >/dev/null
+    wait_port 5672
+  fi
+  if ! port_open 15672; then  # the management API: Flower's queue lengths
+    say "enabling RabbitMQ's management plugin"
+    as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
+    wait_port 15672
+  fi
 }
 
 ensure_tools() {
   command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm  # celery-node producer tests
+  command -v chromium >/dev/null 2>&1 || apt_install chromium  # Flower page in a browser
+  command -v chromedriver >/dev/null 2>&1 || apt_install chromium-driver
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus  # alert rules checked
 }

@@ -26,6 +26,7 @@ from config import load_settings
 from tests import jobs as test_jobs
 from worker.app import ConveyorApp, create_app
 from worker.migrate import upgrade
+from worker.models import JobState
 
 PG_ADMIN_URL = os.environ.get(
     "CONVEYOR_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
@@ -222,3 +223,15 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 120, every_s: f
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s")
         time.sleep(every_s)
+
+
+def state_of(app: ConveyorApp, job_id: str) -> str | None:
+    """The job's state in the ledger, or None while it has no row."""
+    job = app.ledger.get(job_id)
+    return job.state if job is not None else None
+
+
+def terminal(app: ConveyorApp, job_id: str) -> str | None:
+    """The job's state once it is terminal (for ``wait_for``), else None."""
+    state = state_of(app, job_id)
+    return state if state is not None and JobState(state).is_terminal else None

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
 
 from worker import Backoff, Fatal, JobContext, RetryAfter, job
 
@@ -91,3 +91,15 @@ def slow(ctx: JobContext, payload: dict[str, Any]) -> int:
             if not payload.get("stubborn"):
                 raise
     return ctx.attempt
+
+
+@job(name="test.loud_fatal", max_attempts=1, log_payload=True)
+def loud_fatal(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Fail at once, quoting ``payload['value']``: a job that allows its payload in Sentry."""
+    raise Fatal(f"refused {payload['value']}")
+
+
+@job(name="test.bad_sql", max_attempts=2, backoff=Backoff(base_s=0.1, max_s=0.2))
+def bad_sql(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Run a statement the database refuses (division by zero): the job's own error."""
+    ctx.session.execute(text("SELECT 1 / 0"))

@@ -23,7 +23,10 @@ from worker.embedded import tune_embedded_transport
 from worker.errors import ConfigError
 from worker.jobs import REGISTRY, JobSpec
 from worker.ledger import Ledger
+from worker.probes import ConsumingStep
 from worker.runtime import Postpone, Runtime, delivery_from_request
+from worker.sentry import report_dead_letter
+from worker.tracing import init_tracing
 
 BUILTIN_TASK_PACKAGE = "tasks"
 
@@ -65,10 +68,13 @@ def create_app(settings: Settings) -> ConveyorApp:
         ledger=app.ledger,
         default_queue=settings.default_queue,
         dead_letters=partial(publish_dead_letter, app),
+        report_dead=partial(report_dead_letter, broker=settings.broker_kind.value),
     )
+    app.steps["consumer"].add(ConsumingStep)  # liveness: is the worker still consuming?
     import_task_modules(settings)
     for spec in REGISTRY.values():
         _register(app, spec)
+    init_tracing(settings)  # once per process; off unless CONVEYOR_OTLP_ENDPOINT is set
     return app
 
 

@@ -7,14 +7,18 @@ one line on stderr and a non-zero exit, never a traceback. Every read command ta
 
 from __future__ import annotations
 
+import atexit
 import json
-import logging
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
 import click
+from celery.utils.nodenames import default_nodename, host_format
 from kombu.exceptions import OperationalError as BrokerError
 from rich.console import Console
 from rich.table import Table
@@ -24,17 +28,26 @@ from sqlalchemy.exc import ProgrammingError
 from worker.app import import_task_modules
 from worker.cli_api import api, apikey
 from worker.cli_chaos import chaos
-from worker.cli_common import State, emit_json, json_option, pass_state
+from worker.cli_common import State, emit_json, json_option, metrics_port_option, pass_state
 from worker.cli_dlq import dlq
+from worker.cli_flower import flower
 from worker.constants import RELAY_POLL_S
 from worker.errors import ConveyorError, UsageError
 from worker.jobs import REGISTRY, spec_for
+from worker.logs import configure_logging
+from worker.metrics import use_multiprocess
 from worker.models import JobState
 from worker.policy import schedule, worst_case_total_s
+from worker.probes import (
+    CHECK_TIMEOUT_S,
+    WORKER_LIVENESS,
+    ConsumingCollector,
+    readiness,
+    serve_probes,
+)
 from worker.views import job_view
 
 EXIT_ERROR = 1
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,14 +59,16 @@ cli.add_command(dlq)
 cli.add_command(chaos)
 cli.add_command(api)
 cli.add_command(apikey)
+cli.add_command(flower)
 
 
 @cli.command()
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: all known).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256), help="Worker processes.")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
-@click.option("-n", "--hostname", help="Worker node name, e.g. w1@%h.")
+@click.option("-n", "--hostname", help="Worker node name, e.g. w1@%h (default: conveyor-PID@%h).")
 @click.option("--loglevel", default=None, help="Log level (default: CONVEYOR_LOG_LEVEL).")
+@metrics_port_option
 @pass_state
 def worker(
     state: State,
@@ -62,11 +77,33 @@ def worker(
     pool: str,
     hostname: str | None,
     loglevel: str | None,
+    metrics_port: int | None,
 ) -> None:
-    """Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit)."""
+    """Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit).
+
+    With a metrics port, it serves /metrics, /healthz (consuming?) and /readyz.
+    """
+    settings = state.settings
+    level = loglevel or settings.log_level
+    configure_logging(level, settings.log_format)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        # Before anything is counted, and before the pool forks its children.
+        directory = Path(tempfile.mkdtemp(prefix="conveyor-metrics-"))
+        use_multiprocess(directory)
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    state.waits_for_ledger = True
     app = state.app
-    level = loglevel or state.settings.log_level
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+    # Unique per process unless named: on RabbitMQ a second worker with the same node name
+    # dies at start (its control queue is exclusive), e.g. two workers on one host.
+    nodename = host_format(default_nodename(hostname or f"conveyor-{os.getpid()}@%h"))
+    if port is not None:
+        serve_probes(
+            app,
+            port=port,
+            live=lambda: WORKER_LIVENESS.live,
+            extra=ConsumingCollector(nodename, WORKER_LIVENESS),
+        )
     if queues is None:
         known = {state.settings.default_queue}
         known |= {spec.queue for spec in REGISTRY.values() if spec.queue}
@@ -74,8 +111,7 @@ def worker(
     argv = ["worker", "--queues", queues, "--pool", pool, "--loglevel", level]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
-    if hostname is not None:
-        argv += ["--hostname", hostname]
+    argv += ["--hostname", nodename]
     app.worker_main(argv)
 
 
@@ -241,15 +277,57 @@ def queues(state: State, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Touch this file after every pass (for liveness probes).",
 )
+@metrics_port_option
 @pass_state
-def relay(state: State, poll_s: float, alive_file: Path | None) -> None:
-    """Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it)."""
+def relay(state: State, poll_s: float, alive_file: Path | None, metrics_port: int | None) -> None:
+    """Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it).
+
+    With a metrics port, it serves /metrics (with the ledger's queue gauges), /healthz (a
+    pass finished lately) and /readyz.
+    """
     from worker.relay import Relay
 
-    logging.basicConfig(level=state.settings.log_level, format=LOG_FORMAT)
+    settings = state.settings
+    configure_logging(settings.log_level, settings.log_format)
+    state.waits_for_ledger = True
     runner = Relay(state.app, poll_s=poll_s, alive_file=alive_file)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        serve_probes(state.app, port=port, live=lambda: runner.liveness.live, with_ledger=True)
     runner.stop_on_signals()
     runner.run()
+
+
+@cli.command()
+@click.option("--url", help="Ask a running worker, relay or API instead: its base URL.")
+@json_option
+@pass_state
+def health(state: State, url: str | None, as_json: bool) -> None:
+    """Check that the ledger and the broker answer (exit 1 if not), or a process's /healthz.
+
+    With ``--url http://host:9808`` it asks that worker's (or relay's, or API's) liveness
+    probe: exit 0 while it is live (a worker: consuming its queues), 1 otherwise.
+    """
+    checks = {"live": probe_live(url)} if url is not None else readiness(state.app)
+    ok = all(result == "ok" for result in checks.values())
+    if as_json:
+        emit_json({"ok": ok, "checks": checks})
+    else:
+        for name, result in checks.items():
+            click.echo(f"{name}: {result}")
+    if not ok:
+        sys.exit(EXIT_ERROR)
+
+
+def probe_live(url: str) -> str:
+    """``ok``, or why ``URL/healthz`` did not say the process is live."""
+    import httpx
+
+    try:
+        answer = httpx.get(url.rstrip("/") + "/healthz", timeout=CHECK_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return f"failed: {type(exc).__name__}"
+    return "ok" if answer.status_code == 200 else f"failed: HTTP {answer.status_code}"
 
 
 @cli.command()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 from rich.console import Console
 from rich.table import Table
@@ -24,9 +22,10 @@ def api(state: State, host: str, port: int, access_log: bool) -> None:
     import uvicorn
 
     from worker.api.app import create_api
-    from worker.cli import LOG_FORMAT
+    from worker.logs import configure_logging
 
-    logging.basicConfig(level=state.settings.log_level, format=LOG_FORMAT)
+    configure_logging(state.settings.log_level, state.settings.log_format)
+    state.waits_for_ledger = True
     application = create_api(state.app)  # the ledger's schema is checked here, once
     uvicorn.run(
         application,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from functools import cache
+from time import perf_counter
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,8 +21,10 @@ from worker.app import ConveyorApp, create_app
 from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UsageError
 from worker.jobs import JobSpec, spec_for
 from worker.ledger import NewJob
+from worker.metrics import ENQUEUED, LEDGER_SECONDS
 from worker.models import Job, utcnow
 from worker.publish import publish
+from worker.tracing import job_trace_context, traced_enqueue
 
 
 @cache
@@ -30,6 +33,7 @@ def default_app() -> ConveyorApp:
     return create_app(load_settings())
 
 
+@traced_enqueue(default_app=default_app)
 def enqueue(
     task_name: str,
     payload: dict[str, Any],
@@ -64,6 +68,7 @@ def enqueue(
     if priority is not None and not 0 <= priority <= 9:
         raise UsageError("priority must be between 0 and 9")
     target = queue or spec.queue or app.settings.default_queue
+    traceparent, tracestate = job_trace_context(queue=target)
     now = utcnow()
     if session is not None:
         # The outbox: the row commits or rolls back with the caller; the relay publishes it.
@@ -79,11 +84,18 @@ def enqueue(
         idempotency_key=idempotency_key,
         priority=priority,
         run_at=run_at,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     window_s = app.settings.idempotency_window_s
+    began = perf_counter()
     job_id, created = app.ledger.create(new, window_s=window_s, session=session)
+    LEDGER_SECONDS.labels("create").observe(perf_counter() - began)
+    if created and session is None and new.run_at is not None:
+        ENQUEUED.labels(spec.name, target).inc()
     if not created or new.run_at is not None:
         # A duplicate key publishes nothing; a delayed or outbox job waits for the relay.
+        # (An outbox row is counted nowhere: it exists only if the caller commits.)
         return job_id
     try:
         publish(
@@ -98,6 +110,7 @@ def enqueue(
     except EnqueueError:
         app.ledger.delete(job_id)  # the broker never took it: leave nothing half-made
         raise
+    ENQUEUED.labels(spec.name, target).inc()
     return job_id
 
 

@@ -30,3 +30,7 @@ HARD_LIMIT_GRACE_S: Final = 5
 def dead_letter_queue(queue: str) -> str:
     """Name of the dead-letter queue that belongs to ``queue``."""
     return f"{queue}{DEAD_LETTER_SUFFIX}"
+
+
+INVALID_MESSAGE = "invalid_message"
+"""Dead-letter reason of a message that can never become a job (see :mod:`worker.poison`)."""

@@ -72,6 +72,6 @@ def publish_dead_letter(
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
             )
     except Exception:
-        log.exception("deadletter.publish_failed queue=%s job_id=%s", queue, job_id)
+        log.exception("deadletter.publish_failed", extra={"queue": queue, "job_id": job_id})
         return False
     return True

@@ -30,6 +30,7 @@ from sqlalchemy import ColumnElement, Select, delete, select
 from worker.app import ConveyorApp
 from worker.deadletter import JOB_ID_HEADER, dead_letter_destination
 from worker.jobs import REGISTRY
+from worker.metrics import REPLAYED
 from worker.models import AuditEntry, Job, JobState, utcnow
 from worker.views import iso
 
@@ -134,6 +135,7 @@ def replay(
     replayed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     queues: dict[str, set[str]] = defaultdict(set)
+    tasks: dict[str, tuple[str, str]] = {}
     with app.ledger.transaction() as session:
         rows = session.scalars(where.query().limit(limit).with_for_update(skip_locked=True)).all()
         for row in rows:
@@ -165,9 +167,14 @@ def replay(
             )
             replayed[row.id] = new_id
             queues[row.queue].add(row.id)
+            tasks[row.id] = row.task, row.queue
         session.add(_audit(actor, "replay", where, list(replayed)))
+    for task, queue in tasks.values():
+        REPLAYED.labels(task, queue).inc()
     removed = sum(remove_dead_letters(app, queue, ids) for queue, ids in queues.items())
-    log.info("dlq.replayed count=%d actor=%s skipped=%d", len(replayed), actor, len(skipped))
+    log.info(
+        "dlq.replayed", extra={"count": len(replayed), "actor": actor, "skipped": len(skipped)}
+    )
     return Outcome("replay", False, list(replayed), list(replayed.values()), skipped, removed)
 
 
@@ -192,7 +199,7 @@ def purge(
             session.execute(delete(Job).where(Job.id.in_(ids)))
         session.add(_audit(actor, "purge", where, ids))
     removed = sum(remove_dead_letters(app, queue, ids_) for queue, ids_ in queues.items())
-    log.info("dlq.purged count=%d actor=%s", len(ids), actor)
+    log.info("dlq.purged", extra={"count": len(ids), "actor": actor})
     return Outcome("purge", False, ids, removed_from_broker=removed)
 
 
@@ -223,7 +230,7 @@ def remove_dead_letters(app: ConveyorApp, queue: str, job_ids: set[str]) -> int:
     try:
         return _remove_dead_letters(app, queue, job_ids)
     except Exception:
-        log.exception("dlq.broker_cleanup_failed queue=%s jobs=%d", queue, len(job_ids))
+        log.exception("dlq.broker_cleanup_failed", extra={"queue": queue, "jobs": len(job_ids)})
         return 0
 
 

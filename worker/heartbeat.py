@@ -64,4 +64,4 @@ class Heartbeat:
             try:
                 self._ledger.renew(running, lease_s=self._lease_s)
             except Exception:  # the ledger is down: the next beat tries again
-                log.warning("heartbeat.failed jobs=%d", len(running), exc_info=True)
+                log.warning("heartbeat.failed", extra={"jobs": len(running)}, exc_info=True)

@@ -94,6 +94,9 @@ class NewJob:
     idempotency_key: str | None = None
     priority: int | None = None
     run_at: datetime | None = None
+    traceparent: str | None = None
+    """W3C trace context of the enqueue (see :mod:`worker.tracing`); None when tracing is off."""
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,24 @@ class Ledger:
             self._engine.dispose()
             self._engine = None
 
+    @staticmethod
+    def _row(job: NewJob, now: datetime, **fields: Any) -> dict[str, Any]:
+        """Column values for a new row from ``job``; ``fields`` set its state and the rest."""
+        return {
+            "id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "max_attempts": job.max_attempts,
+            "idempotency_key": job.idempotency_key,
+            "payload": job.payload,
+            "priority": job.priority,
+            "traceparent": job.traceparent,
+            "tracestate": job.tracestate,
+            "created_at": now,
+            "updated_at": now,
+            **fields,
+        }
+
     def _insert(self) -> Any:
         if self.engine.dialect.name == "postgresql":
             return postgresql.insert(Job)
@@ -232,18 +253,13 @@ class Ledger:
     def _create(self, session: Session, job: NewJob, window_s: float | None) -> tuple[str, bool]:
         now = utcnow()
         statement = self._insert().values(
-            id=job.id,
-            task=job.task,
-            queue=job.queue,
-            state=JobState.SCHEDULED if job.run_at else JobState.QUEUED,
-            attempts=0,
-            max_attempts=job.max_attempts,
-            idempotency_key=job.idempotency_key,
-            payload=job.payload,
-            priority=job.priority,
-            run_at=job.run_at,
-            created_at=now,
-            updated_at=now,
+            **self._row(
+                job,
+                now,
+                state=JobState.SCHEDULED if job.run_at else JobState.QUEUED,
+                attempts=0,
+                run_at=job.run_at,
+            )
         )
         if job.idempotency_key is None:
             session.execute(statement)
@@ -318,20 +334,15 @@ class Ledger:
         statement = (
             self._insert()
             .values(
-                id=job.id,
-                task=job.task,
-                queue=job.queue,
-                state=JobState.RUNNING,
-                attempts=1,
-                max_attempts=job.max_attempts,
-                idempotency_key=job.idempotency_key,
-                payload=job.payload,
-                priority=job.priority,
-                created_at=now,
-                updated_at=now,
-                started_at=now,
-                lease_expires_at=lease,
-                worker=worker,
+                **self._row(
+                    job,
+                    now,
+                    state=JobState.RUNNING,
+                    attempts=1,
+                    started_at=now,
+                    lease_expires_at=lease,
+                    worker=worker,
+                )
             )
             .on_conflict_do_nothing()
         )
@@ -491,18 +502,7 @@ class Ledger:
         with self.transaction() as session:
             inserted = session.execute(
                 self._insert()
-                .values(
-                    id=job.id,
-                    task=job.task,
-                    queue=job.queue,
-                    attempts=0,
-                    max_attempts=job.max_attempts,
-                    idempotency_key=job.idempotency_key,
-                    payload=job.payload,
-                    priority=job.priority,
-                    created_at=now,
-                    **dead,
-                )
+                .values(**self._row(job, now, attempts=0, **dead))
                 .on_conflict_do_nothing()
                 .returning(Job.id)
             ).scalar_one_or_none()

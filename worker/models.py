@@ -111,6 +111,9 @@ class Job(Base):
     """The dead job this one replays."""
     replayed_as: Mapped[str | None] = mapped_column(String(64))
     """Set on a dead job once it was replayed: the id of the new job."""
+    traceparent: Mapped[str | None] = mapped_column(String(64))
+    """W3C trace context of the enqueue (tracing on): the relay publishes the job in it."""
+    tracestate: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_conveyor_jobs_state_queue", "state", "queue"),

@@ -20,8 +20,11 @@ from typing import Any
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import ContentDisallowed
 
+from worker.constants import INVALID_MESSAGE
 from worker.deadletter import publish_dead_letter, raw_body
 from worker.ledger import Failure, NewJob
+from worker.logs import job_fields
+from worker.metrics import DEAD_LETTERED
 from worker.transports import POISON_CONTENT_TYPE
 
 log = logging.getLogger("conveyor.poison")
@@ -30,7 +33,6 @@ UNDECODABLE = "undecodable"
 NOT_A_TASK = "not_a_task"
 UNKNOWN_TASK = "unknown_task"
 CONTENT_TYPE = "content_type"
-INVALID_MESSAGE = "invalid_message"
 
 
 def kwargs_of(message: Any) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self.bury(message, reason, exc)
 
     def bury(self, message: Any, reason: str, exc: Exception | None) -> None:
-        """Record and dead-letter ``message``, then ack it.
+        """Record and dead-letter ``message``, ack it, then report it (:mod:`worker.sentry`).
 
         Acked once the dead letter is in the ledger or on the broker's dead-letter queue;
         if neither took it (both unreachable), it is requeued for another try, not lost.
@@ -96,8 +98,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 reason,
             )
             recorded = True
+            DEAD_LETTERED.labels(str(task or "?"), queue, reason).inc()
         except Exception:
-            log.exception("poison.ledger_failed job_id=%s", job_id)
+            log.exception("poison.ledger_failed", extra=job_fields(job_id, task, queue))
         record = {
             "task": task,
             "headers": {k: str(v) for k, v in headers.items()},
@@ -109,8 +112,17 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         published = publish_dead_letter(
             self.app, queue=queue, reason=reason, job_id=job_id, record=record
         )
-        log.error("job.poison job_id=%s task=%s queue=%s reason=%s", job_id, task, queue, reason)
+        log.error("job.poison", extra=job_fields(job_id, task, queue) | {"reason": reason})
         if recorded or published:
             message.ack_log_error(log, self.connection_errors)
+            self.app.runtime.report_dead(
+                job_id=job_id,
+                task=str(task or "?"),
+                queue=queue,
+                attempt=0,
+                reason=reason,
+                failure=failure,
+                payload=payload,
+            )
         else:
             message.reject_log_error(log, self.connection_errors, requeue=True)

@@ -27,6 +27,7 @@ from config.settings import BrokerKind
 from worker.constants import IDEMPOTENCY_HEADER
 from worker.errors import EnqueueError
 from worker.models import Job
+from worker.tracing import relay_span
 
 if TYPE_CHECKING:
     from worker.app import ConveyorApp
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.publish")
 
 PUBLISH_ATTEMPTS = 4
+CONNECT_RETRIES = 2
+"""Connection retries within one publish attempt (a broker that is down fails in ~2 s)."""
 
 
 class Unroutable(Exception):
@@ -49,6 +52,11 @@ def _send_once(
         returned.append(routing_key)
 
     with app.producer_or_acquire() as producer:
+        # Connect (if not connected) with a short retry here: kombu's own default is to
+        # retry for several seconds per publish, which the attempts below would multiply.
+        producer.connection.ensure_connection(
+            max_retries=CONNECT_RETRIES, interval_start=0.2, interval_step=0.4, interval_max=1.0
+        )
         if amqp:
             producer.channel.events["basic_return"].add(on_return)
         try:
@@ -95,13 +103,14 @@ def publish(
 
 
 def publish_row(app: ConveyorApp, job: Job) -> None:
-    """Publish the message for a ledger row (the relay's path)."""
-    publish(
-        app,
-        job_id=job.id,
-        task=job.task,
-        queue=job.queue,
-        payload=job.payload,
-        priority=job.priority,
-        idempotency_key=job.idempotency_key,
-    )
+    """Publish the message for a ledger row (the relay's path), in the trace of its enqueue."""
+    with relay_span(job):
+        publish(
+            app,
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            payload=job.payload,
+            priority=job.priority,
+            idempotency_key=job.idempotency_key,
+        )

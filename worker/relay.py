@@ -21,11 +21,13 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from worker.app import ConveyorApp
 from worker.constants import RELAY_BATCH, RELAY_POLL_S
+from worker.metrics import RELAY_PUBLISHED
+from worker.models import Job
+from worker.probes import Liveness
 from worker.publish import publish_row
 
 log = logging.getLogger("conveyor.relay")
@@ -71,38 +73,40 @@ class Relay:
         self.alive_file = alive_file
         self._stopping = threading.Event()
         self._stranded_checked = 0.0
+        self.liveness = Liveness()
+        """Live while passes succeed (``/healthz`` of ``--metrics-port``)."""
 
     def run_once(self) -> Pass:
-        publish = partial(publish_row, self.app)
-        released = self.app.ledger.release_due(publish, limit=self.batch)
-        recovered = self.app.ledger.recover_expired(publish, limit=self.batch)
+        released = self.app.ledger.release_due(self.publish, limit=self.batch)
+        recovered = self.app.ledger.recover_expired(self.publish, limit=self.batch)
         republished = 0
         if time.monotonic() - self._stranded_checked >= STRANDED_EVERY_S:
             republished = self.republish_stranded()
             self._stranded_checked = time.monotonic()
         if released or recovered or republished:
             log.info(
-                "relay.pass released=%d recovered=%d republished=%d",
-                released,
-                recovered,
-                republished,
+                "relay.pass",
+                extra={"released": released, "recovered": recovered, "republished": republished},
             )
         return Pass(released, recovered, republished)
 
     def republish_stranded(self) -> int:
         """Publish again the stale queued jobs of every queue that is empty on the broker."""
-        publish = partial(publish_row, self.app)
         count = 0
         for queue in self.app.ledger.stranded_queues(stale_s=STRANDED_AFTER_S):
             if broker_depth(self.app, queue) == 0:
                 count += self.app.ledger.republish_stranded(
-                    queue, publish, stale_s=STRANDED_AFTER_S, limit=self.batch
+                    queue, self.publish, stale_s=STRANDED_AFTER_S, limit=self.batch
                 )
         return count
 
+    def publish(self, job: Job) -> None:
+        publish_row(self.app, job)
+        RELAY_PUBLISHED.labels(job.queue).inc()
+
     def run(self) -> None:
         """Pass after pass until stopped; a failed pass (ledger or broker down) is retried."""
-        log.info("relay.started poll_s=%.2f batch=%d", self.poll_s, self.batch)
+        log.info("relay.started", extra={"poll_s": self.poll_s, "batch": self.batch})
         while not self._stopping.is_set():
             try:
                 done = self.run_once()
@@ -110,6 +114,7 @@ class Relay:
                 log.warning("relay.pass_failed", exc_info=True)
                 self._stopping.wait(max(self.poll_s, 1.0))
                 continue
+            self.liveness.beat()
             if self.alive_file is not None:
                 self.alive_file.touch()  # liveness probes check this file's age
             if done.released < self.batch and done.recovered < self.batch:

@@ -23,17 +23,21 @@ import json
 import logging
 import socket
 import traceback
+import uuid
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, LEASE_S
+from worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, INVALID_MESSAGE, LEASE_S
 from worker.errors import Fatal, PayloadInvalid
 from worker.heartbeat import Heartbeat
 from worker.jobs import JobContext, JobSpec
 from worker.ledger import WORKER_LOST, Failure, Ledger, NewJob
+from worker.logs import job_fields
+from worker.metrics import DEAD_LETTERED, LEDGER_SECONDS, RETRIED, RUN_SECONDS, STARTED, SUCCEEDED
 from worker.policy import DeadLetter, decide
 
 log = logging.getLogger("conveyor.runtime")
@@ -109,13 +113,37 @@ class DeadLetters(Protocol):
     ) -> bool: ...
 
 
+class DeadLetterReport(Protocol):
+    """Reports a dead job to the error tracker, once (:func:`worker.sentry.report_dead_letter`)."""
+
+    def __call__(
+        self,
+        *,
+        job_id: str,
+        task: str,
+        queue: str,
+        attempt: int,
+        reason: str,
+        failure: Failure,
+        payload: dict[str, Any],
+    ) -> None: ...
+
+
 class Runtime:
     """Runs attempts against one ledger. One instance per Celery app (per process)."""
 
-    def __init__(self, *, ledger: Ledger, default_queue: str, dead_letters: DeadLetters) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        default_queue: str,
+        dead_letters: DeadLetters,
+        report_dead: DeadLetterReport,
+    ) -> None:
         self.ledger = ledger
         self.default_queue = default_queue
         self.dead_letters = dead_letters
+        self.report_dead = report_dead
         self.hostname = socket.gethostname()
         self.heartbeat = Heartbeat(ledger, lease_s=LEASE_S, every_s=HEARTBEAT_EVERY_S)
 
@@ -127,11 +155,25 @@ class Runtime:
         """
         try:
             return self._execute(spec, delivery)
+        except DataError as exc:
+            # The ledger refuses this message's own data (an id or key too long for its
+            # column, a NUL character in the payload): no retry can ever store it, so it
+            # is poison. Anything else from the ledger means it cannot be reached now.
+            self._unstorable(spec, delivery, exc)
+            return None
         except SQLAlchemyError as exc:
-            log.warning("ledger.unavailable job_id=%s error=%s", delivery.job_id, exc)
+            log.warning(
+                "ledger.unavailable",
+                extra=job_fields(delivery.job_id, spec.name, delivery.queue)
+                | {
+                    "error_type": type(getattr(exc, "orig", None) or exc).__name__,
+                    "retry_in_s": LEDGER_RETRY_S,
+                },
+            )
             raise Postpone(LEDGER_RETRY_S) from exc
 
     def _execute(self, spec: JobSpec, delivery: Delivery) -> Any:
+        began = perf_counter()
         claim = self.ledger.claim(
             delivery.job_id,
             lease_s=LEASE_S,
@@ -146,12 +188,15 @@ class Runtime:
                 priority=delivery.priority,
             ),
         )
+        LEDGER_SECONDS.labels("claim").observe(perf_counter() - began)
         if claim.attempt is None:
             # Finished, a duplicate by key, or held by a live worker: this message is
             # redundant. If that worker dies, the relay recovers the job when its lease ends.
-            log.info("job.skipped job_id=%s state=%s", delivery.job_id, claim.state)
+            fields = job_fields(delivery.job_id, spec.name, delivery.queue)
+            log.info("job.skipped", extra=fields | {"state": claim.state})
             return None
         attempt = claim.attempt
+        STARTED.labels(spec.name, delivery.queue).inc()
         if attempt > spec.policy.max_attempts:
             # Earlier attempts died with their process (killed, hard time limit): stop here.
             failure = Failure(WORKER_LOST, f"attempt {attempt - 1} ended with its worker")
@@ -160,8 +205,12 @@ class Runtime:
         try:
             with self.heartbeat.hold(delivery.job_id, attempt):
                 return self._run(spec, delivery, attempt, claim.idempotency_key)
+        except DataError as error:  # the job's own statement failed: the job's error
+            self._failed(spec, delivery, attempt, error)
+            return None
         except LeaseLost:
-            log.warning("job.lease_lost job_id=%s attempt=%d", delivery.job_id, attempt)
+            fields = job_fields(delivery.job_id, spec.name, delivery.queue, attempt)
+            log.warning("job.lease_lost", extra=fields)
             return None
         except SQLAlchemyError:
             raise
@@ -191,29 +240,42 @@ class Runtime:
                 queue=delivery.queue,
                 session=session,
             )
-            result = jsonable(spec.fn(ctx, payload))
+            began = perf_counter()
+            try:
+                result = jsonable(spec.fn(ctx, payload))
+            except BaseException:
+                RUN_SECONDS.labels(spec.name, delivery.queue, "failed").observe(
+                    perf_counter() - began
+                )
+                raise
+            written = perf_counter()
+            RUN_SECONDS.labels(spec.name, delivery.queue, "succeeded").observe(written - began)
             if not self.ledger.succeed(session, delivery.job_id, attempt, result):
                 raise LeaseLost(delivery.job_id)
-        log.info("job.succeeded job_id=%s task=%s attempt=%d", delivery.job_id, spec.name, attempt)
+        # The success and the job's own writes are committed now.
+        LEDGER_SECONDS.labels("succeed").observe(perf_counter() - written)
+        SUCCEEDED.labels(spec.name, delivery.queue).inc()
+        log.info(
+            "job.succeeded", extra=job_fields(delivery.job_id, spec.name, delivery.queue, attempt)
+        )
         return result
 
     def _failed(self, spec: JobSpec, delivery: Delivery, attempt: int, error: Exception) -> None:
         job_id = delivery.job_id
         decision = decide(attempt, error, spec.policy)
         failure = failure_of(error)
+        fields = job_fields(job_id, spec.name, delivery.queue, attempt)
         if isinstance(decision, DeadLetter):
             self._dead(delivery, spec.name, attempt, decision.reason, failure)
-        elif self.ledger.fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
+        elif self._fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
+            RETRIED.labels(spec.name, delivery.queue).inc()
             log.warning(
-                "job.retry_scheduled job_id=%s task=%s attempt=%d delay_s=%.2f error=%s",
-                job_id,
-                spec.name,
-                attempt,
-                decision.delay_s,
-                failure.error_type,
+                "job.retry_scheduled",
+                extra=fields
+                | {"delay_s": round(decision.delay_s, 3), "error_type": failure.error_type},
             )
         else:
-            log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
+            log.warning("job.lease_lost", extra=fields)
 
     def _dead(
         self,
@@ -226,12 +288,14 @@ class Runtime:
         ran: bool = True,
     ) -> None:
         job_id = delivery.job_id
-        recorded = self.ledger.fail(
+        fields = job_fields(job_id, task, delivery.queue, attempt)
+        recorded = self._fail(
             job_id, attempt, failure, retry_in_s=None, dead_reason=reason, ran=ran
         )
         if not recorded:
-            log.warning("job.lease_lost job_id=%s attempt=%d", job_id, attempt)
+            log.warning("job.lease_lost", extra=fields)
             return
+        DEAD_LETTERED.labels(task, delivery.queue, reason).inc()
         self.dead_letters(
             queue=delivery.queue,
             reason=reason,
@@ -246,10 +310,59 @@ class Runtime:
                 "traceback": failure.traceback,
             },
         )
-        log.error(
-            "job.dead job_id=%s attempt=%d reason=%s error=%s",
-            job_id,
-            attempt,
-            reason,
-            failure.error_type,
+        self.report_dead(
+            job_id=job_id,
+            task=task,
+            queue=delivery.queue,
+            attempt=attempt if ran else attempt - 1,
+            reason=reason,
+            failure=failure,
+            payload=delivery.payload,
+        )
+        log.error("job.dead", extra=fields | {"reason": reason, "error_type": failure.error_type})
+
+    def _fail(self, job_id: str, attempt: int, failure: Failure, **outcome: Any) -> bool:
+        began = perf_counter()
+        recorded = self.ledger.fail(job_id, attempt, failure, **outcome)
+        LEDGER_SECONDS.labels("fail").observe(perf_counter() - began)
+        return recorded
+
+    def _unstorable(self, spec: JobSpec, delivery: Delivery, error: DataError) -> None:
+        """Dead-letter a message whose data the ledger refuses, under a fresh job id."""
+        cause = error.orig or error
+        lines = str(cause).strip().splitlines()
+        failure = Failure(
+            error_type=f"{type(cause).__module__}.{type(cause).__name__}",
+            message=f"{INVALID_MESSAGE}: the ledger cannot store this message: "
+            f"{lines[0] if lines else ''}",
+        )
+        job_id = str(uuid.uuid4())
+        self.ledger.bury(
+            NewJob(id=job_id, task=spec.name, queue=delivery.queue, payload={}, max_attempts=0),
+            failure,
+            INVALID_MESSAGE,
+        )
+        self.dead_letters(
+            queue=delivery.queue,
+            reason=INVALID_MESSAGE,
+            job_id=job_id,
+            record={
+                "task": spec.name,
+                "message_id": delivery.job_id,
+                "payload": delivery.payload,
+                "error_type": failure.error_type,
+                "error_message": failure.message,
+            },
+        )
+        DEAD_LETTERED.labels(spec.name, delivery.queue, INVALID_MESSAGE).inc()
+        fields = job_fields(job_id, spec.name, delivery.queue)
+        log.error("job.poison", extra=fields | {"reason": INVALID_MESSAGE})
+        self.report_dead(
+            job_id=job_id,
+            task=spec.name,
+            queue=delivery.queue,
+            attempt=0,
+            reason=INVALID_MESSAGE,
+            failure=failure,
+            payload=delivery.payload,
         )

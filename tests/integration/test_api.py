@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_URL, Processes, WorkerFactory, run_cli, wait_for
 from tests.integration.test_api_harness import (
@@ -370,6 +371,35 @@ def test_queues_show_depth_age_and_relay_lag(
     assert mine["oldest_queued_age_s"] >= 0.5
     assert view["relay_lag_s"] >= 0.45
     client.post(f"/v1/jobs/{due}/cancel")
+
+
+def test_metrics_count_enqueues_and_show_the_ledgers_queues_to_a_reader_only(
+    api: Api, keys: dict[str, str], api_queue: str
+) -> None:
+    assert_problem(api.client().get("/metrics"), 401)
+    assert_problem(api.client("cvk_not-a-key").get("/metrics"), 401)
+    writer = api.client(keys["enqueue"])
+    assert_problem(writer.get("/metrics"), 403, "insufficient-scope")
+    for n in range(3):
+        created = writer.post(
+            "/v1/jobs", json={"task": "demo.work", "payload": {"n": n}, "queue": api_queue}
+        )
+        assert created.status_code == 202
+    scraped = api.client(keys["read"]).get("/metrics")
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+    }
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[name, frozenset(labels.items())]
+
+    assert sample("conveyor_jobs_enqueued_total", task="demo.work", queue=api_queue) == 3
+    assert sample("conveyor_queue_jobs", queue=api_queue, state="queued") == 3
+    assert sample("conveyor_queue_oldest_job_age_seconds", queue=api_queue) > 0
 
 
 def test_a_job_enqueued_over_http_runs_on_a_real_worker(

@@ -65,6 +65,7 @@ def test_the_openapi_document_is_valid_and_documents_every_route(api: Api) -> No
     assert set(document["paths"]) == {
         "/healthz",
         "/readyz",
+        "/metrics",
         "/v1/jobs",
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/cancel",

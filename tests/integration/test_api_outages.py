@@ -6,6 +6,7 @@ limit of one request per second, and (for the 500) an audit table dropped behind
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -101,9 +102,12 @@ def test_outages_and_limits_answer_with_their_problem(
     assert jobs == {"items": [], "next_cursor": None}  # nothing was left half-made
 
     log = Path(api.log).read_text()
-    assert "error_type=sqlalchemy.exc.ProgrammingError" in log
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    unexpected = [event for event in events if event["event"] == "api.unexpected_error"]
+    assert [event["error_type"] for event in unexpected] == ["sqlalchemy.exc.ProgrammingError"]
+    assert unexpected[0]["level"] == "error"
     assert "conveyor_audit" not in log  # the error's message (SQL, parameters) is not logged
-    assert "check=broker" in log
+    assert any(e["event"] == "api.not_ready" and e["check"] == "broker" for e in events)
 
 
 def test_healthz_stays_up_while_dependencies_are_down(api: Api) -> None:

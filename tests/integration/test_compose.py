@@ -8,7 +8,6 @@ real CLI.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -170,23 +169,12 @@ def test_healthchecks_probe_what_they_should(services: dict[str, dict[str, Any]]
     assert "rabbitmq-diagnostics -q ping" in probe("rabbitmq")
     assert "redis-cli ping" in probe("redis")
     assert "pg_isready" in probe("postgres")
-    assert re.search(r"inspect ping .*celery@\$\$\{?HOSTNAME", probe("worker")), probe("worker")
     assert "127.0.0.1:5555/healthcheck" in probe("flower")
-    alive_file = as_list(services["relay"]["command"])[-1]
-    assert alive_file in probe("relay"), probe("relay")
-
-
-def test_celery_app_module_named_by_the_stack_exists(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    texts = [
-        " ".join(as_list(services["worker"]["healthcheck"]["test"])),
-        shell_text(services["flower"]["command"]),
-    ]
-    modules = {match for text in texts for match in re.findall(r"celery -A (\S+)", text)}
-    assert modules, "neither the worker healthcheck nor flower runs `celery -A MODULE`"
-    for module in modules:
-        assert importlib.util.find_spec(module) is not None, f"no module {module}"
+    for name in ("worker", "relay"):
+        # Liveness from the process itself (a worker: still consuming), on its own port.
+        command = as_list(services[name]["command"])
+        port = command[command.index("--metrics-port") + 1]
+        assert probe(name) == f"CMD conveyor health --url http://127.0.0.1:{port}", probe(name)
 
 
 def test_workers_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
@@ -242,15 +230,22 @@ def test_flower_requires_credentials_and_listens_on_loopback(
     services: dict[str, dict[str, Any]],
 ) -> None:
     flower = services["flower"]
-    text = shell_text(flower["command"])
-    assert re.search(r"--basic[-_]auth=\S*\$\{?FLOWER_USER\}?:\$\{?FLOWER_PASSWORD", text), text
-    assert "--persistent=True" in text
-    assert "--db=/data/flower.db" in text
+    assert "entrypoint" not in flower, "flower must run `conveyor flower` (it checks credentials)"
+    command = as_list(flower["command"])
+    assert command[0] == "flower", command
+    assert not {"--local-dev", "--no-persistent"} & set(command), command
+    assert command[command.index("--db") + 1] == "/data/flower.db", command
     assert ("flower-data", "/data") in volume_mounts(flower)
-    broker_api = re.search(r"--broker[-_]api=\"?(\S+?)\"?(\s|$)", text)
-    assert broker_api, text
-    api = urlsplit(broker_api.group(1))
-    assert (api.hostname, api.port, api.path) == ("rabbitmq", 15672, "/api/")
+    env = {key: str(value) for key, value in flower["environment"].items()}
+    assert env.get("CONVEYOR_FLOWER_USER"), env
+    assert not [key for key in env if key.startswith("FLOWER_")], "Flower reads FLOWER_* itself"
+    api = urlsplit(env["CONVEYOR_BROKER_API_URL"])
+    assert (api.scheme, api.hostname, api.port, api.path) == ("http", "rabbitmq", 15672, "/api/")
+    rabbitmq = services["rabbitmq"]["environment"]
+    assert (api.username, api.password) == (
+        rabbitmq["RABBITMQ_DEFAULT_USER"],
+        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+    )
     ports = published_ports(flower)
     assert ("127.0.0.1", "5555") in ports, ports
     for service, spec in services.items():
@@ -259,19 +254,24 @@ def test_flower_requires_credentials_and_listens_on_loopback(
 
 
 def test_flower_refuses_to_start_without_a_password(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     flower = services["flower"]
-    assert as_list(flower["entrypoint"]) == ["sh", "-c"]
-    script = shell_text(flower["command"])
-    env = {"PATH": "/nonexistent", "FLOWER_USER": "admin", "FLOWER_PASSWORD": ""}
+    # The default the stack ships with is the empty password, so the refusal is what runs.
+    assert flower["environment"]["CONVEYOR_FLOWER_PASSWORD"] in ("", None)
+    env = {key: str(value) for key, value in flower["environment"].items() if value is not None}
+    env |= {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        ["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=10
+        [sys.executable, "-m", "worker.cli", *as_list(flower["command"])],
+        cwd=tmp_path,  # no stray .env file
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert result.returncode != 0
-    assert "FLOWER_PASSWORD" in result.stderr, result.stderr
-    # The default the stack ships with is the empty password, so the guard is what runs.
-    assert flower["environment"]["FLOWER_PASSWORD"] in ("", None)
+    assert result.returncode == 1, result.stderr
+    assert "CONVEYOR_FLOWER_PASSWORD must be set" in result.stderr, result.stderr
 
 
 def test_shared_environment_configures_rabbitmq_and_postgres(
@@ -313,7 +313,7 @@ def conveyor_subcommands(services: dict[str, dict[str, Any]]) -> set[str]:
     commands = set()
     for spec in built_here(services).values():
         if "entrypoint" in spec:
-            continue  # runs something other than conveyor (flower: sh -c celery ...)
+            continue  # runs something other than conveyor
         command = as_list(spec.get("command"))
         assert command, "a service built from the Dockerfile must say which subcommand"
         commands.add(command[0])

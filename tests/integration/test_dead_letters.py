@@ -11,7 +11,14 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Producer, Queue
 
-from tests.conftest import REDIS_URL, ProcessFactory, WorkerFactory, run_cli, wait_for
+from tests.conftest import (
+    REDIS_URL,
+    ProcessFactory,
+    WorkerFactory,
+    run_cli,
+    state_of,
+    wait_for,
+)
 from tests.jobs import counters
 from worker.app import ConveyorApp
 from worker.client import enqueue, get_job
@@ -33,11 +40,6 @@ def dead_letters_on_broker(broker_url: str, queue: str) -> list[dict[str, Any]]:
         for message in taken:
             message.requeue()
     return found
-
-
-def state_of(app: ConveyorApp, job_id: str) -> str | None:
-    job = app.ledger.get(job_id)
-    return job.state if job is not None else None
 
 
 def publish_garbage(broker_url: str, queue: str) -> None:
@@ -71,6 +73,9 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     invalid = foreign.send_task("demo.work", kwargs={"n": -1}, queue=queue).id
     positional = foreign.send_task("demo.work", args=[3], queue=queue).id
     pickled = foreign.send_task("demo.work", kwargs={"n": 1}, queue=queue, serializer="pickle").id
+    # Valid messages the ledger cannot store: a job id longer than its column, a NUL.
+    foreign.send_task("demo.work", kwargs={"n": 1}, queue=queue, task_id="x" * 100)
+    foreign.send_task("demo.work", kwargs={"n": 1, "note": "a\x00b"}, queue=queue)
     valid = enqueue("demo.work", {"n": 9}, queue=queue, app=app)
 
     assert wait_for(lambda: state_of(app, valid) == JobState.SUCCEEDED)
@@ -85,15 +90,17 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     assert "positional arguments" in (get_job(positional, app=app).error_message or "")
     assert get_job(pickled, app=app).dead_reason == "content_type"
 
-    listed = run_cli("dlq", "list", "--queue", queue, "--json", env=env)
-    assert listed.returncode == 0, listed.stderr
-    letters = json.loads(listed.stdout)
-    assert len(letters) == 5
+    letters = wait_for(lambda: rows if len(rows := dead_rows(env, queue)) == 7 else None)
     by_reason = {row["reason"]: row for row in letters}
-    assert set(by_reason) == {"undecodable", "unknown_task", "invalid_payload", "content_type"}
+    assert set(by_reason) == {
+        *("undecodable", "unknown_task", "invalid_payload", "content_type", "invalid_message")
+    }
     assert by_reason["undecodable"]["task"] == "?"
+    unstorable = [row for row in letters if row["reason"] == "invalid_message"]
+    assert len(unstorable) == 2
+    assert all("cannot store this message" in row["error_message"] for row in unstorable)
 
-    on_broker = wait_for(lambda: len(dead_letters_on_broker(broker_url, queue)) == 5 or None)
+    on_broker = wait_for(lambda: len(dead_letters_on_broker(broker_url, queue)) == 7 or None)
     assert on_broker
     messages = dead_letters_on_broker(broker_url, queue)
     assert {m["headers"][REASON_HEADER] for m in messages} == set(by_reason)
@@ -102,6 +109,30 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     assert invalid_letter["body"]["error_type"] == "worker.errors.PayloadInvalid"
     assert worker.poll() is None  # the worker never crashed
     foreign.close()
+
+
+def test_a_job_whose_own_statement_fails_follows_its_retry_policy(
+    app: ConveyorApp,
+    env: dict[str, str],
+    queue: str,
+    start_worker: WorkerFactory,
+    start_relay: ProcessFactory,
+) -> None:
+    """Not mistaken for an unreachable ledger (which would put it back for ever)."""
+    start_worker(env, queue)
+    start_relay(env)
+    job_id = enqueue("test.bad_sql", {}, queue=queue, app=app)
+    assert wait_for(lambda: state_of(app, job_id) == JobState.DEAD, timeout_s=60)
+    dead = get_job(job_id, app=app)
+    assert (dead.dead_reason, dead.attempts) == ("exhausted", 2)
+    assert dead.error_type == "sqlalchemy.exc.DataError"
+
+
+def dead_rows(env: dict[str, str], queue: str) -> list[dict[str, Any]]:
+    listed = run_cli("dlq", "list", "--queue", queue, "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    return rows
 
 
 def new_gate(app: ConveyorApp) -> str:

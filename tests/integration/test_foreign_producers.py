@@ -17,7 +17,15 @@ import httpx
 import pytest
 
 from config import load_settings
-from tests.conftest import REDIS_URL, ROOT, TEST_JOBS, Processes, WorkerFactory, wait_for
+from tests.conftest import (
+    REDIS_URL,
+    ROOT,
+    TEST_JOBS,
+    Processes,
+    WorkerFactory,
+    state_of,
+    wait_for,
+)
 from worker.app import ConveyorApp, create_app
 from worker.client import get_job
 from worker.models import JobState
@@ -32,11 +40,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def state_of(app: ConveyorApp, job_id: str) -> str | None:
-    job = app.ledger.get(job_id)
-    return job.state if job is not None else None
 
 
 def test_flower_send_task_runs_and_is_tracked(

@@ -8,18 +8,12 @@ from datetime import timedelta
 import pytest
 from celery import Celery
 
-from tests.conftest import ProcessFactory, WorkerFactory, run_cli, wait_for
+from tests.conftest import ProcessFactory, WorkerFactory, run_cli, terminal, wait_for
 from worker.app import ConveyorApp
 from worker.client import enqueue, get_job
-from worker.models import JobState
 from worker.policy import delay_ceiling_s
 
 pytestmark = pytest.mark.integration
-
-
-def terminal(app: ConveyorApp, job_id: str) -> str | None:
-    job = app.ledger.get(job_id)
-    return job.state if job is not None and JobState(job.state).is_terminal else None
 
 
 def test_cli_enqueue_runs_on_a_worker_and_jobs_show_prints_it(

@@ -29,13 +29,14 @@ from tests.conftest import (
     ProcessFactory,
     WorkerFactory,
     kill_group,
+    state_of,
+    terminal,
     wait_for,
 )
 from tests.jobs import counters, effects
 from worker.app import ConveyorApp, create_app
 from worker.client import enqueue, get_job
 from worker.ledger import WORKER_LOST
-from worker.models import JobState
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +47,6 @@ def record(figure: dict[str, object]) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     with (ARTIFACTS / "recovery.jsonl").open("a") as out:
         out.write(json.dumps(figure) + "\n")
-
-
-def state_of(app: ConveyorApp, job_id: str) -> str | None:
-    job = app.ledger.get(job_id)
-    return job.state if job is not None else None
-
-
-def terminal(app: ConveyorApp, job_id: str) -> str | None:
-    state = state_of(app, job_id)
-    return state if state is not None and JobState(state).is_terminal else None
 
 
 def new_counter(app: ConveyorApp) -> str:

@@ -23,7 +23,7 @@ from pydantic.json_schema import models_json_schema
 from worker.api.auth import Authenticator
 from worker.api.body import BodyLimit
 from worker.api.dead_letters import dead_letters_router
-from worker.api.health import health_router
+from worker.api.health import health_router, metrics_router
 from worker.api.jobs import jobs_router
 from worker.api.problems import CatchAll, Problem, install_handlers
 from worker.api.queues import queues_router
@@ -108,6 +108,7 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
         jobs_router(conveyor, auth),
         dead_letters_router(conveyor, auth),
         queues_router(conveyor, auth),
+        metrics_router(conveyor, auth),
     ]
     for router in routers:
         api.include_router(router)

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UnknownTask, UsageError
+from worker.sentry import report_unexpected
 
 log = logging.getLogger("conveyor.api")
 
@@ -249,7 +250,8 @@ class CatchAll:
     """Outermost middleware: any unexpected exception becomes a bare 500 problem.
 
     Starlette's own error middleware would re-raise to the server, which logs the
-    exception's message; ours logs the route, type and stack only, and does not re-raise.
+    exception's message; ours logs the route, type and stack only, and does not re-raise,
+    so it also reports the exception to Sentry itself (the FastAPI integration never sees it).
     If the response had already started, nothing more can be sent and the client sees a
     cut-off response.
     """
@@ -275,12 +277,15 @@ class CatchAll:
             kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
             stack = "".join(traceback.format_tb(exc.__traceback__))
             log.error(
-                "api.unexpected_error method=%s path=%s error_type=%s\n%s",
-                scope.get("method"),
-                scope.get("path"),
-                kind,
-                stack,
+                "api.unexpected_error",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "error_type": kind,
+                    "stack": stack,
+                },
             )
+            report_unexpected(exc)
             if not started:
                 problem = ProblemError(500, "an unexpected error occurred; it has been logged")
                 await problem_response(problem, scope.get("path"))(scope, receive, send)

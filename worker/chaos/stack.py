@@ -1,4 +1,4 @@
-"""The processes of a chaos run: workers (supervised, restarted when they die) and a relay."""
+"""The processes of a chaos run: workers and a relay, supervised (restarted when they die)."""
 
 from __future__ import annotations
 
@@ -58,13 +58,15 @@ class Stack:
             return worker
 
     def _supervise(self) -> None:
-        """Like systemd or Kubernetes: a worker that exits is replaced."""
+        """Like systemd or Kubernetes: a worker or relay that exits is replaced."""
         while self._supervising.is_set():
             with self._lock:
                 self.workers = [w for w in self.workers if w.poll() is None]
                 missing = self._wanted - len(self.workers)
             for _ in range(missing):
                 self.add_worker()
+            if self.relay.poll() is not None:
+                self.relay = self._spawn("relay", "--poll", "0.1")
             time.sleep(0.5)
 
     def pool_children(self, worker: subprocess.Popen[bytes]) -> list[int]:

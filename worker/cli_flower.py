@@ -1,0 +1,94 @@
+"""``conveyor flower``: Flower on Conveyor's app, with credentials required (worker/flower.py).
+
+Every check runs before anything connects: missing credentials, ``--local-dev`` off
+loopback and ``FLOWER_UNAUTHENTICATED_API`` end in one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import click
+
+from worker.cli_common import State, pass_state
+from worker.errors import UsageError
+from worker.flower import (
+    DB_FILE_NAME,
+    FlowerOptions,
+    adapt_flower,
+    basic_auth,
+    check_environment,
+    flower_argv,
+)
+
+BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+@click.command()
+@click.option("--address", help="Address to listen on (default: CONVEYOR_FLOWER_ADDRESS).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="Port to listen on (default: CONVEYOR_FLOWER_PORT).",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Flower's state file (default: CONVEYOR_DATA_DIR/{DB_FILE_NAME}).",
+)
+@click.option(
+    "--persistent/--no-persistent",
+    default=True,
+    show_default=True,
+    help="Keep workers and task events across restarts in the state file.",
+)
+@click.option(
+    "--local-dev",
+    is_flag=True,
+    help="Allow running without credentials, on a loopback address only.",
+)
+@pass_state
+def flower(
+    state: State,
+    address: str | None,
+    port: int | None,
+    db: Path | None,
+    persistent: bool,
+    local_dev: bool,
+) -> None:
+    """Serve Flower (live workers, task events, queue lengths) until stopped."""
+    from worker.logs import configure_logging
+
+    settings = state.settings
+    options = FlowerOptions(
+        address=settings.flower_address if address is None else address,
+        port=port or settings.flower_port,
+        db=(db or settings.data_dir / DB_FILE_NAME).resolve(),
+        persistent=persistent,
+        local_dev=local_dev,
+    )
+    check_environment(os.environ)
+    auth = basic_auth(settings, options)
+    argv = flower_argv(settings, options, auth)
+    if auth is None:
+        click.echo(
+            f"conveyor: warning: --local-dev: Flower on {options.address}:{options.port} "
+            "answers without credentials; never use this on a shared host",
+            err=True,
+        )
+    if options.persistent:
+        options.db.parent.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.log_level, settings.log_format)
+    state.waits_for_ledger = True
+    app = state.app  # imports the task modules: their queues are listed below
+    adapt_flower(settings)
+    try:
+        app.start(argv)
+    except OSError as exc:
+        if exc.errno not in BIND_ERRORS:
+            raise
+        raise UsageError(
+            f"cannot listen on {options.address}:{options.port}: {exc.strerror}"
+        ) from None
