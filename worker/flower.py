@@ -16,13 +16,13 @@ worker.celery_app flower`` for three reasons:
    workers consume, so dead-letter queues would never appear, and it cannot read queue
    lengths through Conveyor's Redis transport. :func:`adapt_flower` fixes both.
 
-Flower's ``/metrics`` and ``/healthcheck`` answer without credentials (Flower's own
-behaviour): bind Flower to a private address. See docs/flower.md.
+Flower's ``/healthcheck`` answers without credentials (it says "OK" and nothing else);
+Flower's ``/metrics`` would too, so :func:`adapt_flower` puts it behind the login. See
+docs/flower.md.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from config.settings import BrokerKind
 from worker.constants import DEAD_LETTER_SUFFIX, dead_letter_queue
 from worker.errors import ConfigError
 from worker.jobs import REGISTRY
+from worker.probes import is_loopback
 
 UNAUTHENTICATED_API_VARIABLE: Final = "FLOWER_UNAUTHENTICATED_API"
 """Set, Flower serves its REST API (send-task, revoke, shutdown) without credentials."""
@@ -47,8 +48,6 @@ STATE_SAVE_INTERVAL_MS: Final = 60_000
 PURGE_OFFLINE_WORKERS_S: Final = 3600
 """Forget workers offline this long: scaled-down and replaced containers leave the list."""
 
-LOOPBACK_NAMES: Final = frozenset({"localhost"})
-
 
 @dataclass(frozen=True, kw_only=True)
 class FlowerOptions:
@@ -59,16 +58,6 @@ class FlowerOptions:
     db: Path
     persistent: bool
     local_dev: bool
-
-
-def is_loopback(address: str) -> bool:
-    """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1); False for "" (every address)."""
-    if address.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def basic_auth(settings: Settings, options: FlowerOptions) -> str | None:
@@ -186,10 +175,15 @@ def adapt_flower(settings: Settings) -> None:
        connection URI. On Redis, Conveyor's app connects through its own transport class
        (worker/transports.py), whose URI Flower rejects ("'redis' broker is not
        supported"); Flower reads the broker URL from the settings instead.
+    3. **Metrics behind the login.** Flower serves ``/metrics`` to anyone (worker names,
+       task names and counts); it asks for the same basic auth as every other page.
+       ``/healthcheck`` (it answers "OK", nothing else) stays open for probes.
     """
     from flower.app import Flower  # type: ignore[import-untyped]
     from flower.views import BaseHandler  # type: ignore[import-untyped]
+    from flower.views.monitor import Metrics  # type: ignore[import-untyped]
     from kombu.utils.url import sanitize_url
+    from tornado.web import authenticated
 
     flower_names = BaseHandler.get_active_queue_names
     extra = conveyor_queues(settings)
@@ -200,5 +194,8 @@ def adapt_flower(settings: Settings) -> None:
     url = settings.broker
     masked = sanitize_url(url)
     BaseHandler.get_active_queue_names = names
+    if not getattr(Metrics.get, "conveyor_authenticated", False):
+        Metrics.get = authenticated(Metrics.get)
+        Metrics.get.conveyor_authenticated = True
     Flower.broker_uri_with_password = property(lambda _flower: url)
     Flower.broker_uri = property(lambda _flower: masked)

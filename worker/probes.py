@@ -163,7 +163,8 @@ class ConsumingCollector(Collector):
 
 
 def is_loopback(address: str) -> bool:
-    if address == "localhost":
+    """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1); False for "" (every address)."""
+    if address.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(address).is_loopback

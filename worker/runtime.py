@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -39,6 +41,7 @@ from worker.ledger import WORKER_LOST, Failure, Ledger, NewJob
 from worker.logs import job_fields
 from worker.metrics import DEAD_LETTERED, LEDGER_SECONDS, RETRIED, RUN_SECONDS, STARTED, SUCCEEDED
 from worker.policy import DeadLetter, decide
+from worker.tracing import job_trace_context
 
 log = logging.getLogger("conveyor.runtime")
 
@@ -173,6 +176,8 @@ class Runtime:
             raise Postpone(LEDGER_RETRY_S) from exc
 
     def _execute(self, spec: JobSpec, delivery: Delivery) -> Any:
+        # A foreign producer's job gets its row now: keep this run's trace for its retries.
+        traceparent, tracestate = job_trace_context(queue=delivery.queue)
         began = perf_counter()
         claim = self.ledger.claim(
             delivery.job_id,
@@ -186,6 +191,8 @@ class Runtime:
                 max_attempts=spec.policy.max_attempts,
                 idempotency_key=delivery.idempotency_key,
                 priority=delivery.priority,
+                traceparent=traceparent,
+                tracestate=tracestate,
             ),
         )
         LEDGER_SECONDS.labels("claim").observe(perf_counter() - began)
@@ -264,6 +271,11 @@ class Runtime:
         job_id = delivery.job_id
         decision = decide(attempt, error, spec.policy)
         failure = failure_of(error)
+        # The attempt's run span (when tracing is on) failed: its type, never its message,
+        # which may quote the payload. A no-op without tracing.
+        span = trace.get_current_span()
+        span.set_status(Status(StatusCode.ERROR, failure.error_type))
+        span.set_attribute("conveyor.error_type", failure.error_type)
         fields = job_fields(job_id, spec.name, delivery.queue, attempt)
         if isinstance(decision, DeadLetter):
             self._dead(delivery, spec.name, attempt, decision.reason, failure)

@@ -190,7 +190,7 @@ def relay_span(job: Job) -> Iterator[None]:
 
     The parent comes from the row alone (a fresh context, not the relay thread's own), so
     every row's publish lands in its own trace; a row without one (tracing was off at
-    enqueue, or a foreign producer's job) starts a new trace. Off, this does nothing.
+    enqueue) starts a new trace. Off, this does nothing.
     """
     tracer = _tracer
     if tracer is None:

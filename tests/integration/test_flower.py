@@ -1,9 +1,9 @@
 """`conveyor flower` as operators run it: a real Flower process watching a real worker.
 
 One worker and one Flower per broker serve the whole module (starting them is the slow
-part). Flower must answer only with credentials (its `/metrics` and `/healthcheck` aside,
-as Flower documents), list the worker and the jobs it ran, count their events on
-`/metrics`, and show queue lengths with the dead-letter queues. Without credentials,
+part). Flower must answer only with credentials (`/healthcheck` aside: it says "OK"),
+list the worker and the jobs it ran, count their events on `/metrics`, and show queue
+lengths with the dead-letter queues. Without credentials,
 `conveyor flower` must refuse to start before it connects to anything.
 """
 
@@ -192,9 +192,10 @@ def test_the_password_is_not_on_flowers_command_line(stack: FlowerStack) -> None
     assert not [arg for arg in command_line if PASSWORD.encode() in arg], command_line
 
 
-def test_metrics_count_the_jobs_events_without_credentials(
+def test_metrics_count_the_jobs_events_for_a_logged_in_scraper_only(
     stack: FlowerStack, finished_job: str
 ) -> None:
+    assert stack.get("/metrics", auth=None).status_code == 401
     pattern = re.compile(
         r'^flower_events_total\{(?=[^}]*task="test\.count")(?=[^}]*type="task-succeeded")'
         rf'(?=[^}}]*worker="{re.escape(stack.worker)}")[^}}]*\}} (\d+\.\d+)$',
@@ -202,7 +203,7 @@ def test_metrics_count_the_jobs_events_without_credentials(
     )
 
     def succeeded() -> float | None:
-        response = stack.get("/metrics", auth=None)
+        response = stack.get("/metrics")
         assert response.status_code == 200
         match = pattern.search(response.text)
         return float(match.group(1)) if match else None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -64,6 +65,8 @@ class Received:
     span_id: str
     parent_id: str
     attributes: dict[str, Any]
+    status: int = 0
+    """``Status.StatusCode``: 0 unset, 1 ok, 2 error."""
 
 
 def _value(value: AnyValue) -> Any:
@@ -126,6 +129,7 @@ class Collector:
                         span_id=span.span_id.hex(),
                         parent_id=span.parent_span_id.hex(),
                         attributes=_attributes(span.attributes),
+                        status=span.status.code,
                     )
                     for span in scope_spans.spans
                 ]
@@ -294,6 +298,35 @@ def test_jobs_the_relay_publishes_later_stay_in_the_enqueuing_trace(
         ]
         assert chain[-1] == enqueued
     assert sorted(span.attributes["conveyor.job.attempts"] for span in relayed) == [0, 1]
+    # The failed first attempt's run span is an error, by type only; the second is not.
+    failed = [run for run in runs if run.status == 2]
+    assert len(failed) == 1
+    assert failed[0].attributes["conveyor.error_type"].endswith("Error")
+
+
+def test_a_foreign_producers_job_keeps_its_first_runs_trace_for_its_retries(
+    traced_app: ConveyorApp,
+    traced_env: dict[str, str],
+    queue: str,
+    broker_url: str,
+    processes: Processes,
+    start_relay: ProcessFactory,
+    collector: Collector,
+) -> None:
+    """Sent by plain Celery (no Conveyor, no tracing): its row is made by the first run."""
+    start_worker(processes, traced_env, queue)
+    start_relay(traced_env)
+    foreign = Celery("foreign", broker=broker_url)
+    job_id = foreign.send_task("demo.work", kwargs={"n": 3, "fail_times": 1}, queue=queue).id
+    foreign.close()
+    assert wait_for(lambda: terminal(traced_app, job_id)) == "succeeded"
+
+    first, second = sorted(runs_of(collector, job_id, 2), key=lambda run: run.status != 2)
+    assert first.status == 2  # the failed attempt
+    assert second.trace_id == first.trace_id
+    relayed = one(collector.ancestors(second)[1:2])
+    assert relayed.name == "conveyor.relay.publish demo.work"
+    assert relayed.parent_id == first.span_id
 
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
