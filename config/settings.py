@@ -9,6 +9,7 @@ SQLite as the ledger, both under ``var/``.
 from __future__ import annotations
 
 from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
@@ -192,9 +193,22 @@ class Settings(BaseSettings):
         return BrokerKind.RABBITMQ
 
     @property
+    def release_name(self) -> str:
+        """``CONVEYOR_RELEASE``, else the installed package's version (Sentry, traces)."""
+        return self.release or package_version()
+
+    @property
     def is_embedded(self) -> bool:
         """True when either the broker or the ledger lives in files under ``data_dir``."""
         return self.broker_url is None or self.database_url is None
+
+
+def package_version() -> str:
+    """The installed ``conveyor`` package's version; ``0`` when run from an uninstalled tree."""
+    try:
+        return version("conveyor")
+    except PackageNotFoundError:
+        return "0"
 
 
 def _check_scheme(url: str, allowed: tuple[str, ...], *, need_host: bool) -> None:

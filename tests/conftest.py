@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from kombu import Connection
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from config import load_settings
@@ -235,3 +236,21 @@ def terminal(app: ConveyorApp, job_id: str) -> str | None:
     """The job's state once it is terminal (for ``wait_for``), else None."""
     state = state_of(app, job_id)
     return state if state is not None and JobState(state).is_terminal else None
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""Prometheus samples by (name, labels)."""
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a Prometheus text exposition, by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric_value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample's value; 0 when the series does not exist (nothing was counted)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -22,10 +22,10 @@ import sys
 from typing import Any, Final
 
 import structlog
-from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from config.settings import LogFormat
+from worker.tracing import current_trace_id
 
 HIDDEN: Final = frozenset(
     {"payload", "kwargs", "args", "argsrepr", "kwargsrepr", "result", "body", "data"}
@@ -46,9 +46,9 @@ def job_fields(
 
 
 def _add_trace_id(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        event["trace_id"] = f"{context.trace_id:032x}"
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event["trace_id"] = trace_id
     return event
 
 

@@ -35,7 +35,6 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, cast
 
 from config import Settings
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.sentry")
 
-PACKAGE = "conveyor"
 FILTERED = "[Filtered]"
 REDACTED_HINT = "conveyor_redacted"
 """Set in the hint of events whose exception messages Conveyor already redacted."""
@@ -81,7 +79,7 @@ def init_sentry(settings: Settings, component: str) -> bool:
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.env,
-        release=settings.release or package_version(),
+        release=settings.release_name,
         send_default_pii=False,
         max_request_body_size="never",
         include_local_variables=False,
@@ -100,14 +98,6 @@ def init_sentry(settings: Settings, component: str) -> bool:
     )
     sentry_sdk.set_tag("component", component)
     return True
-
-
-def package_version() -> str | None:
-    """The installed package's version: the release when ``CONVEYOR_RELEASE`` is unset."""
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:
-        return None
 
 
 def report_dead_letter(

@@ -29,7 +29,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from opentelemetry import trace
@@ -268,7 +267,7 @@ def _install(settings: Settings, service_name: str) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     assert settings.otlp_endpoint is not None
-    release = settings.release or _package_version()
+    release = settings.release_name
     resource = Resource.create(
         {
             "service.name": service_name,
@@ -288,10 +287,3 @@ def _install(settings: Settings, service_name: str) -> None:
     with _lock:
         _provider, _tracer = provider, provider.get_tracer("conveyor", release)
     log.info("tracing.started", extra={"service": service_name, "endpoint": url})
-
-
-def _package_version() -> str:
-    try:
-        return version("conveyor")
-    except PackageNotFoundError:
-        return "unknown"

@@ -13,9 +13,16 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REDIS_URL, Processes, WorkerFactory, run_cli, wait_for
+from tests.conftest import (
+    REDIS_URL,
+    Processes,
+    WorkerFactory,
+    metric_samples,
+    metric_value,
+    run_cli,
+    wait_for,
+)
 from tests.integration.test_api_harness import (
     Api,
     api_env,
@@ -388,18 +395,13 @@ def test_metrics_count_enqueues_and_show_the_ledgers_queues_to_a_reader_only(
     scraped = api.client(keys["read"]).get("/metrics")
     assert scraped.status_code == 200
     assert scraped.headers["content-type"].startswith("text/plain")
-    samples = {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(scraped.text)
-        for sample in family.samples
-    }
-
-    def sample(name: str, **labels: str) -> float:
-        return samples[name, frozenset(labels.items())]
-
-    assert sample("conveyor_jobs_enqueued_total", task="demo.work", queue=api_queue) == 3
-    assert sample("conveyor_queue_jobs", queue=api_queue, state="queued") == 3
-    assert sample("conveyor_queue_oldest_job_age_seconds", queue=api_queue) > 0
+    samples = metric_samples(scraped.text)
+    enqueued = metric_value(
+        samples, "conveyor_jobs_enqueued_total", task="demo.work", queue=api_queue
+    )
+    assert enqueued == 3
+    assert metric_value(samples, "conveyor_queue_jobs", queue=api_queue, state="queued") == 3
+    assert metric_value(samples, "conveyor_queue_oldest_job_age_seconds", queue=api_queue) > 0
 
 
 def test_a_job_enqueued_over_http_runs_on_a_real_worker(

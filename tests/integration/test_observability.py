@@ -8,7 +8,6 @@ TCP proxy between a worker and Redis and cutting it.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,10 +16,18 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from tests.conftest import Processes, run_cli, terminal, wait_for
+from tests.conftest import (
+    Processes,
+    Samples,
+    metric_samples,
+    metric_value,
+    run_cli,
+    terminal,
+    wait_for,
+)
+from tests.integration.test_api_harness import free_port
 from tests.jobs import counters
 from worker.app import ConveyorApp
 from worker.chaos.proxy import FaultProxy
@@ -33,30 +40,14 @@ REDIS_ONLY = pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 SECRET = "s3cr3t-payload-value-do-not-log"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 def scrape(port: int, token: str | None = None) -> Samples:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     answer = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=5)
     answer.raise_for_status()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(answer.text)
-        for sample in family.samples
-    }
+    return metric_samples(answer.text)
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sample's value; 0 when the series does not exist (nothing was counted)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+value = metric_value
 
 
 def status(port: int, path: str) -> int:
@@ -158,19 +149,11 @@ def test_scraped_counters_and_gauges_equal_the_ledgers_numbers(
 
 def _settled(samples: Samples, queue: str, jobs: int) -> Samples | None:
     """The scrape once every job's last count reached it (the pool writes asynchronously)."""
+    finished = {"conveyor_jobs_succeeded_total", "conveyor_jobs_dead_lettered_total"}
     done = sum(
-        value(samples, name, task=task, queue=queue)
-        for name in ("conveyor_jobs_succeeded_total",)
-        for task in ("test.count", "test.retry_after", "test.gated")
-    ) + sum(
-        value(
-            samples,
-            "conveyor_jobs_dead_lettered_total",
-            task="test.gated",
-            queue=queue,
-            reason=reason,
-        )
-        for reason in ("fatal", "exhausted")
+        count
+        for (name, labels), count in samples.items()
+        if name in finished and ("queue", queue) in labels
     )
     return samples if done == jobs else None
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import LogFormat
+from tests.conftest import metric_samples
 from worker.ledger import Ledger, NewJob
 from worker.logs import configure_logging, job_fields
 from worker.metrics import LedgerCollector
@@ -151,15 +151,12 @@ def test_ledger_gauges_count_jobs_by_queue_and_state(tmp_path: Path) -> None:
         )
     registry = CollectorRegistry()
     registry.register(LedgerCollector(ledger))
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(generate_latest(registry).decode())
-        for sample in family.samples
-    }
+    samples = metric_samples(generate_latest(registry).decode())
     ledger.dispose()
-    assert samples["conveyor_queue_jobs", (("queue", "a"), ("state", "queued"))] == 2
-    assert samples["conveyor_queue_jobs", (("queue", "a"), ("state", "scheduled"))] == 1
-    assert samples["conveyor_queue_jobs", (("queue", "b"), ("state", "queued"))] == 1
-    assert samples["conveyor_queue_jobs", (("queue", "b"), ("state", "dead"))] == 0
-    assert samples["conveyor_queue_oldest_job_age_seconds", (("queue", "a"),)] >= 0
-    assert samples["conveyor_outbox_lag_seconds", ()] == 0  # nothing due waits
+    jobs = "conveyor_queue_jobs"
+    assert samples[jobs, frozenset({("queue", "a"), ("state", "queued")})] == 2
+    assert samples[jobs, frozenset({("queue", "a"), ("state", "scheduled")})] == 1
+    assert samples[jobs, frozenset({("queue", "b"), ("state", "queued")})] == 1
+    assert samples[jobs, frozenset({("queue", "b"), ("state", "dead")})] == 0
+    assert samples["conveyor_queue_oldest_job_age_seconds", frozenset({("queue", "a")})] >= 0
+    assert samples["conveyor_outbox_lag_seconds", frozenset()] == 0  # nothing due waits

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,6 +19,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from config.settings import package_version
 from worker.api.auth import Authenticator
 from worker.api.body import BodyLimit
 from worker.api.dead_letters import dead_letters_router
@@ -49,13 +49,6 @@ EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
 )
 """Models the document names but FastAPI does not see (problem bodies, and request bodies
 parsed after authentication by :func:`~worker.api.body.json_body`)."""
-
-
-def _version() -> str:
-    try:
-        return version("conveyor")
-    except PackageNotFoundError:
-        return "0"
 
 
 def _drop_fastapi_validation_errors(document: dict[str, Any]) -> None:
@@ -95,7 +88,7 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
 
     api = FastAPI(
         title="Conveyor",
-        version=_version(),
+        version=package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json",
