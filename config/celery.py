@@ -68,3 +68,29 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             options["task_default_queue_type"] = "quorum"
             options["task_default_exchange_type"] = "topic"
     return options
+
+
+HARD_LIMIT_GRACE_S = 5
+"""Seconds between a job's soft time limit (``timeout_s``) and its hard limit."""
+
+
+def task_options(*, name: str, queue: str | None, timeout_s: float) -> dict[str, Any]:
+    """Celery task options for one job type (:func:`worker.app.create_app` registers it)."""
+    options: dict[str, Any] = {
+        "name": name,
+        "bind": True,
+        "typing": False,
+        # Retries are the ledger's business; Celery's retry only republishes a message the
+        # ledger could not take yet (Postpone), which must never run out (its default is 3).
+        "max_retries": None,
+        "soft_time_limit": timeout_s,
+        "time_limit": timeout_s + HARD_LIMIT_GRACE_S,
+    }
+    if queue is not None:
+        options["queue"] = queue
+    return options
+
+
+def retry_later(countdown_s: float) -> dict[str, Any]:
+    """Options of ``Task.retry`` for a message put back without counting an attempt."""
+    return {"countdown": countdown_s}

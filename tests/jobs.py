@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, Field
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
 
 from worker import Backoff, Fatal, JobContext, RetryAfter, job
@@ -103,3 +104,14 @@ def loud_fatal(ctx: JobContext, payload: dict[str, Any]) -> None:
 def bad_sql(ctx: JobContext, payload: dict[str, Any]) -> None:
     """Run a statement the database refuses (division by zero): the job's own error."""
     ctx.session.execute(text("SELECT 1 / 0"))
+
+
+class Typed(BaseModel):
+    count: int = Field(ge=0)
+    label: str = "x"
+
+
+@job(name="test.typed", max_attempts=3, schema=Typed)
+def typed(ctx: JobContext, payload: Typed) -> int:
+    """Return ``count`` doubled: a job with a schema, for the catalog's tests."""
+    return payload.count * 2

@@ -10,32 +10,33 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from functools import partial
 from typing import Any
 
 from celery import Celery, Task
 
 from config import Settings, celery_config
+from config.celery import retry_later, task_options
 from config.settings import BrokerKind
-from worker.constants import HARD_LIMIT_GRACE_S
-from worker.deadletter import publish_dead_letter
+from worker.deadletter import DeadLetters
 from worker.embedded import tune_embedded_transport
 from worker.errors import ConfigError
 from worker.jobs import REGISTRY, JobSpec
 from worker.ledger import Ledger
-from worker.probes import ConsumingStep
+from worker.observability.probes import ConsumingStep
+from worker.observability.tracing import init_tracing
+from worker.outcomes import Outcomes, default_observers
 from worker.runtime import Postpone, Runtime, delivery_from_request
-from worker.sentry import report_dead_letter
-from worker.tracing import init_tracing
 
 BUILTIN_TASK_PACKAGE = "tasks"
 
 
 class ConveyorApp(Celery):  # type: ignore[misc]
-    """A Celery app that also carries Conveyor's settings, ledger and runtime."""
+    """A Celery app that also carries Conveyor's settings, ledger, outcome chain and runtime."""
 
     settings: Settings
     ledger: Ledger
+    outcomes: Outcomes
+    dead_letters: DeadLetters
     runtime: Runtime
 
 
@@ -64,12 +65,9 @@ def create_app(settings: Settings) -> ConveyorApp:
     app.conf.update(celery_config(settings))
     app.settings = settings
     app.ledger = Ledger(settings.database, pool_size=settings.db_pool_size)
-    app.runtime = Runtime(
-        ledger=app.ledger,
-        default_queue=settings.default_queue,
-        dead_letters=partial(publish_dead_letter, app),
-        report_dead=partial(report_dead_letter, broker=settings.broker_kind.value),
-    )
+    app.outcomes = Outcomes(default_observers(broker=settings.broker_kind.value))
+    app.dead_letters = DeadLetters(app, app.ledger, app.outcomes)
+    app.runtime = Runtime(ledger=app.ledger, dead_letters=app.dead_letters, outcomes=app.outcomes)
     app.steps["consumer"].add(ConsumingStep)  # liveness: is the worker still consuming?
     import_task_modules(settings)
     for spec in REGISTRY.values():
@@ -90,21 +88,9 @@ def _register(app: ConveyorApp, spec: JobSpec) -> None:
         except Postpone as later:
             # The ledger is unreachable: republish the same message (same id and payload)
             # for a little later, then ack this one. No attempt was recorded or counted.
-            raise task.retry(countdown=later.delay_s) from None
+            raise task.retry(**retry_later(later.delay_s)) from None
 
     # Celery compiles a signature from the function's name: it must be an identifier.
     run.__name__ = run.__qualname__ = "".join(c if c.isalnum() else "_" for c in spec.name)
     run.__doc__ = spec.fn.__doc__
-    options: dict[str, Any] = {
-        "name": spec.name,
-        "bind": True,
-        "typing": False,
-        # Retries are the ledger's business; Celery's retry only republishes a message the
-        # ledger could not take yet (Postpone), which must never run out (its default is 3).
-        "max_retries": None,
-        "soft_time_limit": spec.timeout_s,
-        "time_limit": spec.timeout_s + HARD_LIMIT_GRACE_S,
-    }
-    if spec.queue is not None:
-        options["queue"] = spec.queue
-    app.task(**options)(run)
+    app.task(**task_options(name=spec.name, queue=spec.queue, timeout_s=spec.timeout_s))(run)

@@ -13,18 +13,18 @@ from functools import cache
 from time import perf_counter
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from config import load_settings
+from worker.admission import check_key_reuse, check_payload
 from worker.app import ConveyorApp, create_app
-from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UsageError
-from worker.jobs import JobSpec, spec_for
+from worker.catalog import job_type
+from worker.errors import EnqueueError, JobNotFound, UsageError
 from worker.ledger import NewJob
-from worker.metrics import ENQUEUED, LEDGER_SECONDS
 from worker.models import Job, utcnow
+from worker.observability.tracing import job_trace_context, traced_enqueue
+from worker.outcomes import Event, JobEvent
 from worker.publish import publish
-from worker.tracing import job_trace_context, traced_enqueue
 
 
 @cache
@@ -48,10 +48,12 @@ def enqueue(
     """Hand a job to Conveyor and return its id.
 
     Raises :class:`~worker.errors.UnknownTask` or :class:`~worker.errors.PayloadInvalid`
-    for a job that could never run, and :class:`~worker.errors.EnqueueError` when the
-    broker did not take the message. With an ``idempotency_key`` used within the
-    idempotency window (``CONVEYOR_IDEMPOTENCY_WINDOW_S``), nothing new is written or
-    published and the existing job's id is returned, also under concurrent calls. A job
+    for a job that could never run (:mod:`worker.admission`), and
+    :class:`~worker.errors.EnqueueError` when the broker did not take the message. With an
+    ``idempotency_key`` used within the idempotency window
+    (``CONVEYOR_IDEMPOTENCY_WINDOW_S``) by the same task and payload, nothing new is
+    written or published and the existing job's id is returned, also under concurrent
+    calls; by another task or payload, :class:`~worker.admission.IdempotencyConflict`. A job
     with a ``delay`` waits in the ledger (state ``scheduled``) until the relay publishes it.
 
     With ``session`` (a SQLAlchemy session on the ledger database), the job is written in
@@ -60,8 +62,8 @@ def enqueue(
     from inside the caller's transaction.
     """
     app = app or default_app()
-    spec = spec_for(task_name)
-    _validate(spec, payload)
+    spec = job_type(app.ledger, task_name)
+    check_payload(spec, payload)
     delay_s = delay.total_seconds() if isinstance(delay, timedelta) else delay
     if delay_s is not None and delay_s < 0:
         raise UsageError("delay must be >= 0 seconds")
@@ -80,7 +82,7 @@ def enqueue(
         task=spec.name,
         queue=target,
         payload=payload,
-        max_attempts=spec.policy.max_attempts,
+        max_attempts=spec.max_attempts,
         idempotency_key=idempotency_key,
         priority=priority,
         run_at=run_at,
@@ -90,12 +92,21 @@ def enqueue(
     window_s = app.settings.idempotency_window_s
     began = perf_counter()
     job_id, created = app.ledger.create(new, window_s=window_s, session=session)
-    LEDGER_SECONDS.labels("create").observe(perf_counter() - began)
+    enqueued = JobEvent(
+        Event.ENQUEUED,
+        job_id,
+        spec.name,
+        target,
+        ledger_s=perf_counter() - began,
+        ledger_operation="create",
+    )
     if created and session is None and new.run_at is not None:
-        ENQUEUED.labels(spec.name, target).inc()
+        app.outcomes.emit(enqueued)
+    if not created and idempotency_key is not None:
+        _check_key_reuse(app, job_id, idempotency_key, spec.name, payload, session)
     if not created or new.run_at is not None:
         # A duplicate key publishes nothing; a delayed or outbox job waits for the relay.
-        # (An outbox row is counted nowhere: it exists only if the caller commits.)
+        # (An outbox row is announced nowhere: it exists only if the caller commits.)
         return job_id
     try:
         publish(
@@ -110,7 +121,7 @@ def enqueue(
     except EnqueueError:
         app.ledger.delete(job_id)  # the broker never took it: leave nothing half-made
         raise
-    ENQUEUED.labels(spec.name, target).inc()
+    app.outcomes.emit(enqueued)
     return job_id
 
 
@@ -137,15 +148,17 @@ def cancel(job_id: str, *, app: ConveyorApp | None = None) -> bool:
     return False
 
 
-def _validate(spec: JobSpec, payload: Any) -> None:
-    if not isinstance(payload, dict):
-        raise PayloadInvalid("the payload must be a JSON object")
-    if spec.schema is not None:
-        try:
-            spec.schema.model_validate(payload)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "payload"
-            raise PayloadInvalid(
-                f"payload for {spec.name!r} is invalid at {where}: {first['msg']}"
-            ) from None
+def _check_key_reuse(
+    app: ConveyorApp,
+    job_id: str,
+    key: str,
+    task: str,
+    payload: dict[str, Any],
+    session: Session | None,
+) -> None:
+    """The key's job must be this same request (one extra read, on duplicates only)."""
+    holder = session.get(Job, job_id) if session is not None else app.ledger.get(job_id)
+    if holder is not None:
+        check_key_reuse(
+            key, task=task, payload=payload, holder_task=holder.task, holder_payload=holder.payload
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 DEAD_LETTER_SUFFIX: Final = ".dead"
@@ -23,14 +24,34 @@ RELAY_POLL_S: Final = 0.25
 RELAY_BATCH: Final = 500
 """Most rows the relay takes in one transaction."""
 
-HARD_LIMIT_GRACE_S: Final = 5
-"""Seconds between a job's soft time limit (``timeout_s``) and its hard limit."""
-
 
 def dead_letter_queue(queue: str) -> str:
     """Name of the dead-letter queue that belongs to ``queue``."""
     return f"{queue}{DEAD_LETTER_SUFFIX}"
 
 
-INVALID_MESSAGE = "invalid_message"
-"""Dead-letter reason of a message that can never become a job (see :mod:`worker.poison`)."""
+class DeadReason(StrEnum):
+    """Why a job was dead-lettered: the one list used by the policy, the poison consumer,
+    the ledger, the CLI's and the API's filters, and the metrics' ``reason`` label."""
+
+    FATAL = "fatal"
+    """The job raised :class:`~worker.errors.Fatal` (or a type its policy lists as fatal)."""
+    EXHAUSTED = "exhausted"
+    """The last attempt failed, or earlier attempts died with their worker."""
+    INVALID_PAYLOAD = "invalid_payload"
+    """The payload does not match the job's schema, or came as positional arguments."""
+    INVALID_MESSAGE = "invalid_message"
+    """A message the ledger cannot store (an id too long, a NUL character)."""
+    UNDECODABLE = "undecodable"
+    """A body that is not a message envelope, or not valid in its declared encoding."""
+    NOT_A_TASK = "not_a_task"
+    """A decodable message with no task header."""
+    UNKNOWN_TASK = "unknown_task"
+    """A task name no worker has registered."""
+    CONTENT_TYPE = "content_type"
+    """A serializer other than JSON (pickle, YAML, msgpack): never deserialized."""
+
+    @property
+    def is_poison(self) -> bool:
+        """Whether the message never became an attempt of a job (no retry was possible)."""
+        return self not in (DeadReason.FATAL, DeadReason.EXHAUSTED, DeadReason.INVALID_PAYLOAD)

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from config import Settings
 from worker.app import ConveyorApp
 from worker.client import enqueue
+from worker.constants import DeadReason
 from worker.models import TERMINAL_STATES, Job, JobState
 
 STOP_TIMEOUT_S = 20.0
@@ -147,8 +148,8 @@ def summarise(app: ConveyorApp, ids: list[str], elapsed_s: float) -> dict[str, A
         "succeeded_first_try": sum(1 for j in succeeded if j.attempts == 1),
         "retried_then_succeeded": sum(1 for j in succeeded if j.attempts > 1),
         "dead_lettered": len(dead),
-        "dead_exhausted": sum(1 for j in dead if j.dead_reason == "exhausted"),
-        "dead_fatal": sum(1 for j in dead if j.dead_reason == "fatal"),
+        "dead_exhausted": sum(1 for j in dead if j.dead_reason == DeadReason.EXHAUSTED),
+        "dead_fatal": sum(1 for j in dead if j.dead_reason == DeadReason.FATAL),
         "unfinished": len(ids) - len(done),
         "attempts": sum(j.attempts for j in jobs),
         "elapsed_s": round(elapsed_s, 2),

@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import traceback
+from dataclasses import dataclass
 
-class ConveyorError(Exception):
-    """Root of every error Conveyor raises on purpose."""
-
+# The root of the hierarchy sits in the bottom layer, so that `config` imports nothing from here.
+from config.errors import ConfigError as ConfigError
+from config.errors import ConveyorError as ConveyorError
+from config.errors import UsageError as UsageError
 
 # -- raised inside jobs -------------------------------------------------------------------------
 
@@ -41,15 +44,11 @@ class PayloadInvalid(Fatal):
     """The payload does not match the job's schema (a poison message)."""
 
 
+class PoisonMessage(Fatal):
+    """A message that cannot become a job: not an envelope, or no task header."""
+
+
 # -- raised to callers ---------------------------------------------------------------------------
-
-
-class UsageError(ConveyorError):
-    """A caller's mistake, reported as one line."""
-
-
-class ConfigError(UsageError):
-    """The settings are invalid; the message names the ``CONVEYOR_*`` variable."""
 
 
 class UnknownTask(UsageError):
@@ -66,3 +65,39 @@ class EnqueueError(ConveyorError):
 
 class WorkerLost(Retryable):
     """An attempt ended with its worker process (killed, or past its hard time limit)."""
+
+
+# -- what the ledger records of an error --------------------------------------------------------
+
+
+def error_type_of(error: BaseException) -> str:
+    """The one format of ``error_type`` everywhere: ``module.QualName``."""
+    return f"{type(error).__module__}.{type(error).__qualname__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an attempt raised, as the ledger records it."""
+
+    error_type: str
+    message: str
+    traceback: str | None = None
+
+
+def failure_of(error: BaseException, message: str | None = None) -> Failure:
+    """``error`` as the ledger keeps it: type, message (or ``message``), traceback, capped."""
+    formatted = "".join(traceback.format_exception(error))[-16000:]
+    return Failure(
+        error_type=error_type_of(error),
+        message=_storable((str(error) if message is None else message)[:4000]),
+        traceback=_storable(formatted),
+    )
+
+
+def _storable(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL's text columns refuse."""
+    return text.replace("\x00", "\\x00")
+
+
+WORKER_LOST = error_type_of(WorkerLost())
+"""``error_type`` of an attempt that ended with its worker process."""

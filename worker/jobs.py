@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from worker.errors import UnknownTask
+from worker.errors import PayloadInvalid, UnknownTask
 from worker.policy import Backoff, RetryPolicy
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -58,6 +58,23 @@ class JobSpec:
     timeout_s: float
     schema: type[BaseModel] | None
     log_payload: bool
+
+    @property
+    def max_attempts(self) -> int:
+        return self.policy.max_attempts
+
+    def check_schema(self, payload: dict[str, Any]) -> None:
+        """Raise :class:`~worker.errors.PayloadInvalid` when ``payload`` breaks the schema."""
+        if self.schema is None:
+            return
+        try:
+            self.schema.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "payload"
+            raise PayloadInvalid(
+                f"payload for {self.name!r} is invalid at {where}: {first['msg']}"
+            ) from None
 
 
 REGISTRY: dict[str, JobSpec] = {}

@@ -161,3 +161,37 @@ class AuditEntry(Base):
     filters: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     job_ids: Mapped[list[str]] = mapped_column(JSONDocument)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class ApiKey(Base):
+    """One API key: its name, public prefix, token hash and scopes."""
+
+    __tablename__ = "conveyor_api_keys"
+    __table_args__ = (Index("ix_conveyor_api_keys_prefix", "prefix", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class DeclaredJob(Base):
+    """One job type as a worker declared it: the catalog producers validate against when
+    they do not import the job's module (:mod:`worker.catalog`)."""
+
+    __tablename__ = "conveyor_job_catalog"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str | None] = mapped_column(String(200))
+    payload_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    """The payload's JSON Schema (pydantic's), or None for a job that takes any object."""
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    backoff: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    timeout_s: Mapped[float] = mapped_column(Float)
+    version: Mapped[str] = mapped_column(String(64))
+    """The Conveyor version of the worker that declared it last."""
+    declared_by: Mapped[str] = mapped_column(String(255))
+    declared_at: Mapped[datetime] = mapped_column(default=utcnow)

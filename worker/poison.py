@@ -3,9 +3,16 @@
 Celery's consumer handles messages it cannot run before any task code sees them: an
 undecodable body is acknowledged and forgotten, an unknown task name or a disallowed
 content type (anything but JSON, pickle included) is rejected, which on Redis deletes
-it. Here each of them is recorded in the ledger as a dead job (when the message names a
-job id) and moved to its queue's dead-letter queue with the reason, then acknowledged,
-so the worker keeps consuming and the queue is never blocked.
+it. Here each of them is buried like any dead job (:meth:`worker.deadletter.DeadLetters.bury`:
+a dead row in the ledger, its queue's dead-letter queue, the outcome chain), under the
+job id the message names or a fresh one, then acknowledged, so the worker keeps consuming
+and the queue is never blocked.
+
+What happens to the message:
+
+- buried → **acknowledged**;
+- the ledger cannot be reached → **requeued** after a pause (:data:`LEDGER_PAUSE_S`), to
+  be buried when the ledger is back: never acknowledged without a record.
 
 Selected by Celery's ``worker_consumer`` option (:mod:`config.celery`).
 """
@@ -14,25 +21,25 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import ContentDisallowed
+from sqlalchemy.exc import SQLAlchemyError
 
-from worker.constants import INVALID_MESSAGE
-from worker.deadletter import publish_dead_letter, raw_body
-from worker.ledger import Failure, NewJob
-from worker.logs import job_fields
-from worker.metrics import DEAD_LETTERED
+from worker.constants import DeadReason
+from worker.deadletter import Letter, raw_body
+from worker.errors import PoisonMessage, failure_of
+from worker.observability.logs import job_fields
 from worker.transports import POISON_CONTENT_TYPE
 
 log = logging.getLogger("conveyor.poison")
 
-UNDECODABLE = "undecodable"
-NOT_A_TASK = "not_a_task"
-UNKNOWN_TASK = "unknown_task"
-CONTENT_TYPE = "content_type"
+LEDGER_PAUSE_S = 1.0
+"""How long the consumer waits before requeueing a poison message the ledger could not
+record: the ledger is down, so nothing else can make progress meanwhile either."""
 
 
 def kwargs_of(message: Any) -> dict[str, Any]:
@@ -53,76 +60,56 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         if message.content_type == POISON_CONTENT_TYPE:
-            self.bury(message, UNDECODABLE, ValueError("not a message envelope"))
+            self.bury(message, DeadReason.UNDECODABLE, PoisonMessage("not a message envelope"))
         elif isinstance(exc, ContentDisallowed):
-            self.bury(message, CONTENT_TYPE, exc)
+            self.bury(message, DeadReason.CONTENT_TYPE, exc)
         else:
-            self.bury(message, UNDECODABLE, exc)
+            self.bury(message, DeadReason.UNDECODABLE, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self.bury(message, NOT_A_TASK, None)
+        self.bury(message, DeadReason.NOT_A_TASK, PoisonMessage("no task header"))
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self.bury(message, UNKNOWN_TASK, exc)
+        self.bury(message, DeadReason.UNKNOWN_TASK, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        reason = CONTENT_TYPE if isinstance(exc, ContentDisallowed) else INVALID_MESSAGE
+        reason = (
+            DeadReason.CONTENT_TYPE
+            if isinstance(exc, ContentDisallowed)
+            else DeadReason.INVALID_MESSAGE
+        )
         self.bury(message, reason, exc)
 
-    def bury(self, message: Any, reason: str, exc: Exception | None) -> None:
-        """Record and dead-letter ``message``, ack it, then report it (:mod:`worker.sentry`).
-
-        Acked once the dead letter is in the ledger or on the broker's dead-letter queue;
-        if neither took it (both unreachable), it is requeued for another try, not lost.
-        """
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        queue = (message.delivery_info or {}).get("routing_key") or self.app.conf.task_default_queue
-        # A message with no job id still gets a ledger row, so `conveyor dlq` shows it.
-        job_id = str(headers.get("id") or uuid.uuid4())
-        task = headers.get("task")
-        error_type = type(exc).__name__ if exc is not None else "NotATask"
-        failure = Failure(error_type=error_type, message=f"{reason}: {exc or 'no task header'}")
-        payload = kwargs_of(message) or {"_raw": raw_body(message.body)}
-        recorded = False
+    def bury(self, message: Any, reason: DeadReason, exc: Exception) -> None:
+        """Dead-letter ``message`` and acknowledge it; requeue it if the ledger is down."""
+        letter = letter_of(message, reason, exc, self.app.conf.task_default_queue)
         try:
-            self.app.ledger.bury(
-                NewJob(
-                    id=job_id,
-                    task=str(task or "?"),
-                    queue=queue,
-                    payload=payload,
-                    max_attempts=0,
-                    idempotency_key=None,
-                ),
-                failure,
-                reason,
-            )
-            recorded = True
-            DEAD_LETTERED.labels(str(task or "?"), queue, reason).inc()
-        except Exception:
-            log.exception("poison.ledger_failed", extra=job_fields(job_id, task, queue))
-        record = {
-            "task": task,
+            self.app.dead_letters.bury(letter)
+        except SQLAlchemyError:
+            # Requeued: it is buried when the ledger is back, never acked without a record.
+            log.warning("poison.ledger_unavailable", extra=job_fields(letter.job_id, letter.task))
+            time.sleep(LEDGER_PAUSE_S)
+            message.reject_log_error(log, self.connection_errors, requeue=True)
+            return
+        message.ack_log_error(log, self.connection_errors)  # acknowledged: it is buried
+
+
+def letter_of(message: Any, reason: DeadReason, exc: Exception, default_queue: str) -> Letter:
+    """The dead letter of a message that never became a task."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    queue = (message.delivery_info or {}).get("routing_key") or default_queue
+    return Letter(
+        # A message with no job id still gets a ledger row, so `conveyor dlq` shows it.
+        job_id=str(headers.get("id") or uuid.uuid4()),
+        task=str(headers.get("task") or "?"),
+        queue=queue,
+        reason=reason,
+        failure=failure_of(exc, f"{reason}: {exc}"),
+        payload=kwargs_of(message) or {"_raw": raw_body(message.body)},
+        message={
+            "id": headers.get("id"),
             "headers": {k: str(v) for k, v in headers.items()},
             "content_type": message.content_type,
-            "error_type": failure.error_type,
-            "error_message": failure.message,
             **raw_body(message.body),
-        }
-        published = publish_dead_letter(
-            self.app, queue=queue, reason=reason, job_id=job_id, record=record
-        )
-        log.error("job.poison", extra=job_fields(job_id, task, queue) | {"reason": reason})
-        if recorded or published:
-            message.ack_log_error(log, self.connection_errors)
-            self.app.runtime.report_dead(
-                job_id=job_id,
-                task=str(task or "?"),
-                queue=queue,
-                attempt=0,
-                reason=reason,
-                failure=failure,
-                payload=payload,
-            )
-        else:
-            message.reject_log_error(log, self.connection_errors, requeue=True)
+        },
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from worker.constants import DeadReason
 from worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
 
 RandomSource = Callable[[], float]
@@ -78,7 +79,7 @@ class Retry:
 class DeadLetter:
     """Stop: dead-letter the job. ``reason`` is ``invalid_payload``, ``fatal`` or ``exhausted``."""
 
-    reason: str
+    reason: DeadReason
 
 
 Decision = Retry | DeadLetter
@@ -110,11 +111,11 @@ def decide(
 ) -> Decision:
     """Decide what happens after attempt ``attempt`` (1-based) failed with ``error``."""
     if isinstance(error, PayloadInvalid):
-        return DeadLetter("invalid_payload")
+        return DeadLetter(DeadReason.INVALID_PAYLOAD)
     if is_fatal(policy, error):
-        return DeadLetter("fatal")
+        return DeadLetter(DeadReason.FATAL)
     if attempt >= policy.max_attempts:
-        return DeadLetter("exhausted")
+        return DeadLetter(DeadReason.EXHAUSTED)
     if isinstance(error, RetryAfter):
         return Retry(min(error.delay_s, policy.backoff.max_s))
     return Retry(rand() * delay_ceiling_s(policy, attempt))

@@ -27,7 +27,7 @@ from config.settings import BrokerKind
 from worker.constants import IDEMPOTENCY_HEADER
 from worker.errors import EnqueueError
 from worker.models import Job
-from worker.tracing import relay_span
+from worker.observability.tracing import relay_span
 
 if TYPE_CHECKING:
     from worker.app import ConveyorApp

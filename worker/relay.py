@@ -25,9 +25,9 @@ from pathlib import Path
 
 from worker.app import ConveyorApp
 from worker.constants import RELAY_BATCH, RELAY_POLL_S
-from worker.metrics import RELAY_PUBLISHED
 from worker.models import Job
-from worker.probes import Liveness
+from worker.observability.probes import Liveness
+from worker.outcomes import Event, JobEvent
 from worker.publish import publish_row
 
 log = logging.getLogger("conveyor.relay")
@@ -102,7 +102,7 @@ class Relay:
 
     def publish(self, job: Job) -> None:
         publish_row(self.app, job)
-        RELAY_PUBLISHED.labels(job.queue).inc()
+        self.app.outcomes.emit(JobEvent(Event.PUBLISHED, job.id, job.task, job.queue))
 
     def run(self) -> None:
         """Pass after pass until stopped; a failed pass (ledger or broker down) is retried."""

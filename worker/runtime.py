@@ -10,11 +10,38 @@ For each delivered message the worker:
 3. **runs** the function with ``ctx.session`` open, and marks the job ``succeeded`` in
    that same transaction, so the job's own writes and its success commit together.
 4. On an error, asks the retry policy: **retry** (state ``scheduled`` with ``run_at``; the
-   relay publishes it when due) or **dead-letter** (state ``dead``).
+   relay publishes it when due) or **dead-letter** (:meth:`worker.deadletter.DeadLetters.bury`).
 
-The message is acknowledged when :meth:`Runtime.execute` returns (Celery acks late), which
-is only ever after the attempt's outcome is in the ledger. A retry never waits in a
-worker's memory: it waits in the ledger, which survives worker and broker restarts.
+Each step is recorded in the ledger first, then announced to the outcome chain
+(:mod:`worker.outcomes`), which counts, logs, traces and reports it. A retry never waits
+in a worker's memory: it waits in the ledger, which survives worker and broker restarts.
+
+What happens to the message (Celery acknowledges late: when the task function returns)
+------------------------------------------------------------------------------------------
+
+===============================================  ==========================================
+:meth:`Runtime.execute` ...                      the message is ...
+===============================================  ==========================================
+returns (succeeded, retry scheduled, dead,       acknowledged: its outcome is in the ledger
+skipped, lease lost)
+returns after burying an unstorable message      acknowledged: the dead row is in the ledger
+raises :class:`Postpone` (ledger unreachable)    republished for later, then acknowledged
+                                                 (the task body in :mod:`worker.app`): no attempt
+                                                 was recorded or counted
+raises anything else (a bug in Conveyor)         acknowledged by Celery as a failure; the
+                                                 job's row is ``running`` and the relay
+                                                 recovers it when its lease expires
+the worker process dies                          not acknowledged: redelivered (RabbitMQ) or
+                                                 restored after the visibility timeout
+                                                 (Redis); the relay recovers the lease
+===============================================  ==========================================
+
+Errors from the ledger mean one of two things, each handled in one place: a
+:class:`~sqlalchemy.exc.DataError` from a statement of the *message's* (its id, key or
+payload cannot be stored) makes it unstorable poison; any other
+:class:`~sqlalchemy.exc.SQLAlchemyError` means the ledger cannot be reached now
+(:class:`Postpone`). A DataError from the *job's own* statement is the job's error and
+follows its retry policy.
 """
 
 from __future__ import annotations
@@ -22,26 +49,23 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import traceback
-import uuid
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, INVALID_MESSAGE, LEASE_S
-from worker.errors import Fatal, PayloadInvalid
+from worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, LEASE_S, DeadReason
+from worker.deadletter import DeadLetters, Letter
+from worker.errors import WORKER_LOST, Failure, Fatal, PayloadInvalid, failure_of
 from worker.heartbeat import Heartbeat
 from worker.jobs import JobContext, JobSpec
-from worker.ledger import WORKER_LOST, Failure, Ledger, NewJob
-from worker.logs import job_fields
-from worker.metrics import DEAD_LETTERED, LEDGER_SECONDS, RETRIED, RUN_SECONDS, STARTED, SUCCEEDED
+from worker.ledger import Claim, Ledger, NewJob
+from worker.observability.logs import job_fields
+from worker.observability.tracing import job_trace_context
+from worker.outcomes import Event, JobEvent, Outcomes
 from worker.policy import DeadLetter, decide
-from worker.tracing import job_trace_context
 
 log = logging.getLogger("conveyor.runtime")
 
@@ -90,14 +114,6 @@ def delivery_from_request(
     )
 
 
-def failure_of(error: BaseException) -> Failure:
-    return Failure(
-        error_type=f"{type(error).__module__}.{type(error).__qualname__}",
-        message=str(error)[:4000],
-        traceback="".join(traceback.format_exception(error))[-16000:],
-    )
-
-
 def jsonable(value: Any) -> Any:
     """The job's result as JSON data; anything else is a bug in the job, so fatal."""
     if isinstance(value, BaseModel):
@@ -108,45 +124,44 @@ def jsonable(value: Any) -> Any:
         raise Fatal(f"the job returned a value that is not JSON-serializable: {exc}") from exc
 
 
-class DeadLetters(Protocol):
-    """Publishes a dead letter to a queue's dead-letter queue (:mod:`worker.deadletter`)."""
+@dataclass(slots=True)
+class Attempt:
+    """One claimed attempt of a job, as it goes through :class:`Runtime`."""
 
-    def __call__(
-        self, *, queue: str, reason: str, job_id: str | None, record: dict[str, Any]
-    ) -> bool: ...
+    spec: JobSpec
+    delivery: Delivery
+    number: int
+    idempotency_key: str | None
+    run_s: float | None = None
+    """Seconds the job's function ran, once it has."""
 
+    def event(self, kind: Event, **fields: Any) -> JobEvent:
+        delivery = self.delivery
+        return JobEvent(
+            kind, delivery.job_id, self.spec.name, delivery.queue, self.number, **fields
+        )
 
-class DeadLetterReport(Protocol):
-    """Reports a dead job to the error tracker, once (:func:`worker.sentry.report_dead_letter`)."""
-
-    def __call__(
-        self,
-        *,
-        job_id: str,
-        task: str,
-        queue: str,
-        attempt: int,
-        reason: str,
-        failure: Failure,
-        payload: dict[str, Any],
-    ) -> None: ...
+    def letter(self, reason: DeadReason, failure: Failure, *, ran: bool = True) -> Letter:
+        return Letter(
+            job_id=self.delivery.job_id,
+            task=self.spec.name,
+            queue=self.delivery.queue,
+            reason=reason,
+            failure=failure,
+            payload=self.delivery.payload,
+            attempt=self.number,
+            ran=ran,
+            idempotency_key=self.delivery.idempotency_key,
+        )
 
 
 class Runtime:
     """Runs attempts against one ledger. One instance per Celery app (per process)."""
 
-    def __init__(
-        self,
-        *,
-        ledger: Ledger,
-        default_queue: str,
-        dead_letters: DeadLetters,
-        report_dead: DeadLetterReport,
-    ) -> None:
+    def __init__(self, *, ledger: Ledger, dead_letters: DeadLetters, outcomes: Outcomes) -> None:
         self.ledger = ledger
-        self.default_queue = default_queue
         self.dead_letters = dead_letters
-        self.report_dead = report_dead
+        self.outcomes = outcomes
         self.hostname = socket.gethostname()
         self.heartbeat = Heartbeat(ledger, lease_s=LEASE_S, every_s=HEARTBEAT_EVERY_S)
 
@@ -157,14 +172,14 @@ class Runtime:
         come back later, since no outcome could be recorded.
         """
         try:
-            return self._execute(spec, delivery)
-        except DataError as exc:
-            # The ledger refuses this message's own data (an id or key too long for its
-            # column, a NUL character in the payload): no retry can ever store it, so it
-            # is poison. Anything else from the ledger means it cannot be reached now.
-            self._unstorable(spec, delivery, exc)
-            return None
+            try:
+                return self._execute(spec, delivery)
+            except DataError as exc:
+                # Acknowledged once buried: no retry could ever store this message.
+                self._unstorable(spec, delivery, exc)
+                return None
         except SQLAlchemyError as exc:
+            # Not acknowledged as it is: republished for later (the ledger cannot be reached).
             log.warning(
                 "ledger.unavailable",
                 extra=job_fields(delivery.job_id, spec.name, delivery.queue)
@@ -176,10 +191,49 @@ class Runtime:
             raise Postpone(LEDGER_RETRY_S) from exc
 
     def _execute(self, spec: JobSpec, delivery: Delivery) -> Any:
+        began = perf_counter()
+        claim = self._claim(spec, delivery)
+        claimed: dict[str, Any] = {"ledger_s": perf_counter() - began, "ledger_operation": "claim"}
+        if claim.attempt is None:
+            # Finished, a duplicate by key, or held by a live worker: this message is
+            # redundant. If that worker dies, the relay recovers the job when its lease ends.
+            self.outcomes.emit(
+                JobEvent(
+                    Event.SKIPPED,
+                    delivery.job_id,
+                    spec.name,
+                    delivery.queue,
+                    state=claim.state.value,
+                    **claimed,
+                )
+            )
+            return None
+        attempt = Attempt(spec, delivery, claim.attempt, claim.idempotency_key)
+        self.outcomes.emit(attempt.event(Event.CLAIMED, **claimed))
+        if attempt.number > spec.policy.max_attempts:
+            # Earlier attempts died with their process (killed, hard time limit): stop here.
+            failure = Failure(WORKER_LOST, f"attempt {attempt.number - 1} ended with its worker")
+            self.dead_letters.bury(attempt.letter(DeadReason.EXHAUSTED, failure, ran=False))
+            return None
+        try:
+            with self.heartbeat.hold(delivery.job_id, attempt.number):
+                return self._run(attempt)
+        except LeaseLost:
+            self.outcomes.emit(attempt.event(Event.LEASE_LOST, run_s=attempt.run_s))
+            return None
+        except DataError as error:  # the job's own statement failed: the job's error
+            self._failed(attempt, error)
+            return None
+        except SQLAlchemyError:
+            raise  # the ledger itself: Postpone, in execute
+        except Exception as error:
+            self._failed(attempt, error)
+            return None
+
+    def _claim(self, spec: JobSpec, delivery: Delivery) -> Claim:
         # A foreign producer's job gets its row now: keep this run's trace for its retries.
         traceparent, tracestate = job_trace_context(queue=delivery.queue)
-        began = perf_counter()
-        claim = self.ledger.claim(
+        return self.ledger.claim(
             delivery.job_id,
             lease_s=LEASE_S,
             worker=self.hostname,
@@ -195,54 +249,16 @@ class Runtime:
                 tracestate=tracestate,
             ),
         )
-        LEDGER_SECONDS.labels("claim").observe(perf_counter() - began)
-        if claim.attempt is None:
-            # Finished, a duplicate by key, or held by a live worker: this message is
-            # redundant. If that worker dies, the relay recovers the job when its lease ends.
-            fields = job_fields(delivery.job_id, spec.name, delivery.queue)
-            log.info("job.skipped", extra=fields | {"state": claim.state})
-            return None
-        attempt = claim.attempt
-        STARTED.labels(spec.name, delivery.queue).inc()
-        if attempt > spec.policy.max_attempts:
-            # Earlier attempts died with their process (killed, hard time limit): stop here.
-            failure = Failure(WORKER_LOST, f"attempt {attempt - 1} ended with its worker")
-            self._dead(delivery, spec.name, attempt, "exhausted", failure, ran=False)
-            return None
-        try:
-            with self.heartbeat.hold(delivery.job_id, attempt):
-                return self._run(spec, delivery, attempt, claim.idempotency_key)
-        except DataError as error:  # the job's own statement failed: the job's error
-            self._failed(spec, delivery, attempt, error)
-            return None
-        except LeaseLost:
-            fields = job_fields(delivery.job_id, spec.name, delivery.queue, attempt)
-            log.warning("job.lease_lost", extra=fields)
-            return None
-        except SQLAlchemyError:
-            raise
-        except Exception as error:
-            self._failed(spec, delivery, attempt, error)
-            return None
 
-    def _run(self, spec: JobSpec, delivery: Delivery, attempt: int, key: str | None) -> Any:
-        payload: Any = delivery.payload
-        if delivery.args:
-            raise PayloadInvalid(
-                "positional arguments are not accepted: send the payload as kwargs"
-            )
-        if spec.schema is not None:
-            try:
-                payload = spec.schema.model_validate(delivery.payload)
-            except ValidationError as exc:
-                name = spec.schema.__name__
-                raise PayloadInvalid(f"payload does not match {name}: {exc}") from exc
+    def _run(self, attempt: Attempt) -> Any:
+        spec, delivery = attempt.spec, attempt.delivery
+        payload = validated(spec, delivery)
         with self.ledger.session() as session, session.begin():
             ctx = JobContext(
                 job_id=delivery.job_id,
-                attempt=attempt,
+                attempt=attempt.number,
                 max_attempts=spec.policy.max_attempts,
-                idempotency_key=key,
+                idempotency_key=attempt.idempotency_key,
                 task=spec.name,
                 queue=delivery.queue,
                 session=session,
@@ -250,131 +266,73 @@ class Runtime:
             began = perf_counter()
             try:
                 result = jsonable(spec.fn(ctx, payload))
-            except BaseException:
-                RUN_SECONDS.labels(spec.name, delivery.queue, "failed").observe(
-                    perf_counter() - began
-                )
-                raise
+            finally:
+                attempt.run_s = perf_counter() - began
             written = perf_counter()
-            RUN_SECONDS.labels(spec.name, delivery.queue, "succeeded").observe(written - began)
-            if not self.ledger.succeed(session, delivery.job_id, attempt, result):
-                raise LeaseLost(delivery.job_id)
+            if not self.ledger.succeed(session, delivery.job_id, attempt.number, result):
+                raise LeaseLost(delivery.job_id)  # rolls back the job's writes
         # The success and the job's own writes are committed now.
-        LEDGER_SECONDS.labels("succeed").observe(perf_counter() - written)
-        SUCCEEDED.labels(spec.name, delivery.queue).inc()
-        log.info(
-            "job.succeeded", extra=job_fields(delivery.job_id, spec.name, delivery.queue, attempt)
+        self.outcomes.emit(
+            attempt.event(
+                Event.SUCCEEDED,
+                run_s=attempt.run_s,
+                ledger_s=perf_counter() - written,
+                ledger_operation="succeed",
+            )
         )
         return result
 
-    def _failed(self, spec: JobSpec, delivery: Delivery, attempt: int, error: Exception) -> None:
-        job_id = delivery.job_id
-        decision = decide(attempt, error, spec.policy)
+    def _failed(self, attempt: Attempt, error: Exception) -> None:
+        decision = decide(attempt.number, error, attempt.spec.policy)
         failure = failure_of(error)
-        # The attempt's run span (when tracing is on) failed: its type, never its message,
-        # which may quote the payload. A no-op without tracing.
-        span = trace.get_current_span()
-        span.set_status(Status(StatusCode.ERROR, failure.error_type))
-        span.set_attribute("conveyor.error_type", failure.error_type)
-        fields = job_fields(job_id, spec.name, delivery.queue, attempt)
         if isinstance(decision, DeadLetter):
-            self._dead(delivery, spec.name, attempt, decision.reason, failure)
-        elif self._fail(job_id, attempt, failure, retry_in_s=decision.delay_s):
-            RETRIED.labels(spec.name, delivery.queue).inc()
-            log.warning(
-                "job.retry_scheduled",
-                extra=fields
-                | {"delay_s": round(decision.delay_s, 3), "error_type": failure.error_type},
-            )
-        else:
-            log.warning("job.lease_lost", extra=fields)
-
-    def _dead(
-        self,
-        delivery: Delivery,
-        task: str,
-        attempt: int,
-        reason: str,
-        failure: Failure,
-        *,
-        ran: bool = True,
-    ) -> None:
-        job_id = delivery.job_id
-        fields = job_fields(job_id, task, delivery.queue, attempt)
-        recorded = self._fail(
-            job_id, attempt, failure, retry_in_s=None, dead_reason=reason, ran=ran
-        )
-        if not recorded:
-            log.warning("job.lease_lost", extra=fields)
+            letter = attempt.letter(decision.reason, failure)
+            self.dead_letters.bury(letter)  # a fenced attempt emits lease_lost itself
             return
-        DEAD_LETTERED.labels(task, delivery.queue, reason).inc()
-        self.dead_letters(
-            queue=delivery.queue,
-            reason=reason,
-            job_id=job_id,
-            record={
-                "task": task,
-                "payload": delivery.payload,
-                "idempotency_key": delivery.idempotency_key,
-                "attempts": attempt if ran else attempt - 1,
-                "error_type": failure.error_type,
-                "error_message": failure.message,
-                "traceback": failure.traceback,
-            },
-        )
-        self.report_dead(
-            job_id=job_id,
-            task=task,
-            queue=delivery.queue,
-            attempt=attempt if ran else attempt - 1,
-            reason=reason,
-            failure=failure,
-            payload=delivery.payload,
-        )
-        log.error("job.dead", extra=fields | {"reason": reason, "error_type": failure.error_type})
-
-    def _fail(self, job_id: str, attempt: int, failure: Failure, **outcome: Any) -> bool:
         began = perf_counter()
-        recorded = self.ledger.fail(job_id, attempt, failure, **outcome)
-        LEDGER_SECONDS.labels("fail").observe(perf_counter() - began)
-        return recorded
+        job_id = attempt.delivery.job_id
+        if self.ledger.fail(job_id, attempt.number, failure, retry_in_s=decision.delay_s):
+            event = Event.RETRY
+        else:
+            event = Event.LEASE_LOST
+        self.outcomes.emit(
+            attempt.event(
+                event,
+                delay_s=decision.delay_s,
+                failure=failure,
+                run_s=attempt.run_s,
+                ledger_s=perf_counter() - began,
+                ledger_operation="fail",
+            )
+        )
 
     def _unstorable(self, spec: JobSpec, delivery: Delivery, error: DataError) -> None:
-        """Dead-letter a message whose data the ledger refuses, under a fresh job id."""
+        """Dead-letter a message whose data the ledger refuses (under a fresh job id)."""
         cause = error.orig or error
         lines = str(cause).strip().splitlines()
-        failure = Failure(
-            error_type=f"{type(cause).__module__}.{type(cause).__name__}",
-            message=f"{INVALID_MESSAGE}: the ledger cannot store this message: "
-            f"{lines[0] if lines else ''}",
+        reason = DeadReason.INVALID_MESSAGE
+        failure = failure_of(
+            cause, f"{reason}: the ledger cannot store this message: {lines[0] if lines else ''}"
         )
-        job_id = str(uuid.uuid4())
-        self.ledger.bury(
-            NewJob(id=job_id, task=spec.name, queue=delivery.queue, payload={}, max_attempts=0),
-            failure,
-            INVALID_MESSAGE,
-        )
-        self.dead_letters(
-            queue=delivery.queue,
-            reason=INVALID_MESSAGE,
-            job_id=job_id,
-            record={
-                "task": spec.name,
-                "message_id": delivery.job_id,
-                "payload": delivery.payload,
-                "error_type": failure.error_type,
-                "error_message": failure.message,
-            },
-        )
-        DEAD_LETTERED.labels(spec.name, delivery.queue, INVALID_MESSAGE).inc()
-        fields = job_fields(job_id, spec.name, delivery.queue)
-        log.error("job.poison", extra=fields | {"reason": INVALID_MESSAGE})
-        self.report_dead(
-            job_id=job_id,
+        letter = Letter(
+            job_id=delivery.job_id,
             task=spec.name,
             queue=delivery.queue,
-            attempt=0,
-            reason=INVALID_MESSAGE,
-            failure=failure,
+            reason=reason,
+            failure=Failure(failure.error_type, failure.message),
             payload=delivery.payload,
+            message={"id": delivery.job_id},
         )
+        self.dead_letters.bury(letter)
+
+
+def validated(spec: JobSpec, delivery: Delivery) -> Any:
+    """The payload the job's function receives; raises :class:`PayloadInvalid`."""
+    if delivery.args:
+        raise PayloadInvalid("positional arguments are not accepted: send the payload as kwargs")
+    if spec.schema is None:
+        return delivery.payload
+    try:
+        return spec.schema.model_validate(delivery.payload)
+    except ValidationError as exc:
+        raise PayloadInvalid(f"payload does not match {spec.schema.__name__}: {exc}") from exc

@@ -729,28 +729,7 @@ def ledger_micro(app: Any, rows: int = MICRO_ROWS) -> dict[str, Any]:
     with psycopg.connect(ledger.url.replace("+psycopg", ""), autocommit=True) as conn:
         pings = [timed(lambda: conn.execute("SELECT 1").fetchone()) for _ in range(rows)]
 
-    # Round trips: the same calls on a fresh engine whose connections libpq traces.
-    traced = Ledger(ledger.url, pool_size=2)
-    lines: dict[str, list[str]] = {}
-    with libpq_trace(traced) as phase:
-        with phase() as lines["warm-up"]:  # connect, prepare statements
-            for job_id in [str(uuid.uuid4()) for _ in range(10)]:
-                traced.create(new(job_id))
-                succeed(traced, job_id, claim(traced, job_id))
-        ids = [str(uuid.uuid4()) for _ in range(TRACE_CALLS)]
-        with phase() as lines["create"]:
-            for job_id in ids:
-                traced.create(new(job_id))
-        with phase() as lines["claim"]:
-            for job_id in ids:
-                attempts[job_id] = claim(traced, job_id)
-        with phase() as lines["succeed"]:
-            for job_id in ids:
-                succeed(traced, job_id, attempts[job_id])
-    traced.dispose()
-    prepared: dict[str, str] = {}
-    summarise_trace(lines.pop("warm-up"), 1, prepared)
-    trips = {name: summarise_trace(got, TRACE_CALLS, prepared) for name, got in lines.items()}
+    trips = _round_trips(Ledger(ledger.url, pool_size=2), new, claim, succeed)
     return {
         "micro_rows": rows,
         "create_ms": mean_ms(created),
@@ -806,6 +785,36 @@ def libpq_trace(ledger: Any) -> Iterator[Callable[[], Any]]:
 PARSE = re.compile(r'^F\t\d+\tParse\t "(?P<name>[^"]*)" "(?P<sql>.*?)" \d+')
 BIND = re.compile(r'^F\t\d+\tBind\t "[^"]*" "(?P<name>[^"]*)"')
 QUERY = re.compile(r'^F\t\d+\tQuery\t "(?P<sql>.*)"')
+
+
+def _round_trips(
+    traced: Any,
+    new: Callable[[str], Any],
+    claim: Callable[[Any, str], int],
+    succeed: Callable[[Any, str, int], None],
+) -> dict[str, Any]:
+    """Round trips of create, claim and succeed on ``traced``, whose connections libpq traces."""
+    attempts: dict[str, int] = {}
+    lines: dict[str, list[str]] = {}
+    with libpq_trace(traced) as phase:
+        with phase() as lines["warm-up"]:  # connect, prepare statements
+            for job_id in [str(uuid.uuid4()) for _ in range(10)]:
+                traced.create(new(job_id))
+                succeed(traced, job_id, claim(traced, job_id))
+        ids = [str(uuid.uuid4()) for _ in range(TRACE_CALLS)]
+        with phase() as lines["create"]:
+            for job_id in ids:
+                traced.create(new(job_id))
+        with phase() as lines["claim"]:
+            for job_id in ids:
+                attempts[job_id] = claim(traced, job_id)
+        with phase() as lines["succeed"]:
+            for job_id in ids:
+                succeed(traced, job_id, attempts[job_id])
+    traced.dispose()
+    prepared: dict[str, str] = {}
+    summarise_trace(lines.pop("warm-up"), 1, prepared)
+    return {name: summarise_trace(got, TRACE_CALLS, prepared) for name, got in lines.items()}
 
 
 def statement_label(sql: str) -> str:

@@ -88,6 +88,7 @@ ROUTES = [
     ("POST", "/v1/dead-letters/replay"),
     ("POST", "/v1/dead-letters/purge"),
     ("GET", "/v1/queues"),
+    ("GET", "/v1/catalog"),
 ]
 
 
@@ -117,7 +118,8 @@ def test_each_scope_opens_its_own_routes(api: Api, keys: dict[str, str], api_que
     created = enqueuer.post("/v1/jobs", json=job)
     assert created.status_code == 202
     job_id = created.json()["id"]
-    for path in (f"/v1/jobs/{job_id}", "/v1/jobs", "/v1/dead-letters", "/v1/queues"):
+    read_paths = (f"/v1/jobs/{job_id}", "/v1/jobs", "/v1/dead-letters", "/v1/queues", "/v1/catalog")
+    for path in read_paths:
         assert reader.get(path).status_code == 200
         assert_problem(enqueuer.get(path), 403, "insufficient-scope")
         assert admin.get(path).status_code == 200  # admin implies read

@@ -2,7 +2,7 @@
 
 promtool (Debian's `prometheus` package, installed by scripts/test) checks the rules and
 the scrape config and runs the rules' unit tests for real. The dashboard's and the rules'
-PromQL may only name metrics that exist: Conveyor's as worker.metrics registers them
+PromQL may only name metrics that exist: Conveyor's as worker.observability.metrics registers them
 (plus the ledger gauges LedgerCollector serves, read from a real SQLite ledger), Flower's
 as the installed flower package defines them. Renaming a metric breaks these tests.
 """
@@ -24,10 +24,10 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-import worker.metrics
+import worker.observability.metrics
 from worker.ledger import Ledger
-from worker.metrics import MULTIPROC_ENV, registry_for_scrape
 from worker.models import Base, Job, JobState
+from worker.observability.metrics import MULTIPROC_ENV, registry_for_scrape
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ EXPECTED_ALERTS = {
     "ConveyorOutboxLagHigh",
     "ConveyorMetricsTargetDown",
 }
-# Served by each worker (1 while its consumer consumes); not registered in worker.metrics.
+# Served by each worker (1 while its consumer consumes); not in worker.observability.metrics.
 WORKER_GAUGES = {"conveyor_worker_consuming": {"worker"}}
 # Series Prometheus makes itself, and the labels it attaches to every scraped series.
 PROMETHEUS_SERIES = {"up"}
@@ -198,10 +198,10 @@ def conveyor_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[
     """Conveyor's series names and their labels, as a /metrics endpoint serves them.
 
     The ledger gauges are collected from a real SQLite ledger holding one queued job, so
-    their labels show; counters and histograms are read from worker.metrics' collectors.
+    their labels show; counters and histograms are read from the metrics module's collectors.
     """
     labels: dict[str, set[str]] = {}
-    for collector in vars(worker.metrics).values():
+    for collector in vars(worker.observability.metrics).values():
         if isinstance(collector, MetricWrapperBase):
             # prometheus_client has no public accessor for a collector's labels.
             names = set(collector._labelnames)

@@ -42,7 +42,7 @@ from tests.conftest import (
 from tests.integration.test_api_harness import start_api
 from worker.app import ConveyorApp, create_app
 from worker.client import enqueue, get_job
-from worker.tracing import flush_tracing, shutdown_tracing
+from worker.observability.tracing import flush_tracing, shutdown_tracing
 
 pytestmark = pytest.mark.integration
 
@@ -431,7 +431,7 @@ def test_tracing_is_off_without_an_endpoint(
 def test_current_trace_id_is_the_active_span_s() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from worker.tracing import current_trace_id
+    from worker.observability.tracing import current_trace_id
 
     assert current_trace_id() is None
     with TracerProvider().get_tracer("test").start_as_current_span("outer") as span:

@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from config.settings import LogFormat
 from tests.conftest import metric_samples
 from worker.ledger import Ledger, NewJob
-from worker.logs import configure_logging, job_fields
-from worker.metrics import LedgerCollector
 from worker.migrate import upgrade
 from worker.models import utcnow
-from worker.probes import Liveness, ProbeServer, is_loopback
+from worker.observability.logs import configure_logging, job_fields
+from worker.observability.metrics import LedgerCollector
+from worker.observability.probes import Liveness, ProbeServer, is_loopback
 
 pytestmark = pytest.mark.unit
 

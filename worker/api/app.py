@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 from config.settings import package_version
 from worker.api.auth import Authenticator
 from worker.api.body import BodyLimit
+from worker.api.catalog import catalog_router
 from worker.api.dead_letters import dead_letters_router
 from worker.api.health import health_router, metrics_router
 from worker.api.jobs import jobs_router
@@ -101,6 +102,7 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
         jobs_router(conveyor, auth),
         dead_letters_router(conveyor, auth),
         queues_router(conveyor, auth),
+        catalog_router(conveyor, auth),
         metrics_router(conveyor, auth),
     ]
     for router in routers:

@@ -2,7 +2,7 @@
 
 Listing and reading need the ``read`` scope; replay and purge need ``admin`` and are
 audited with the key's name as the actor (``apikey:<name>``). The work itself is
-:mod:`worker.dlq`'s: replay puts new jobs on the original queues through the relay, purge
+:mod:`worker.operations.dlq`'s: replay puts new jobs on the original queues through the relay, purge
 deletes for good, both remove the broker-side copies.
 """
 
@@ -26,8 +26,9 @@ from worker.api.schemas import (
     UtcDatetime,
 )
 from worker.app import ConveyorApp
-from worker.dlq import DeadFilter, dead_letter_view, list_dead, purge, replay
-from worker.dlq import Outcome as DlqOutcome
+from worker.constants import DeadReason
+from worker.operations.dlq import DeadFilter, dead_letter_view, list_dead, purge, replay
+from worker.operations.dlq import Outcome as DlqOutcome
 
 DeadId = Annotated[str, Path(pattern=NO_NUL, description="The dead job's id.")]
 BODY = (400, 413, 415, 422)
@@ -44,6 +45,7 @@ def selected(selection: DeadLetterSelection) -> DeadFilter:
         queue=selection.queue,
         task=selection.task,
         error_type=selection.error_type,
+        reason=selection.reason,
         since=selection.since,
         until=selection.until,
     )
@@ -73,13 +75,16 @@ def dead_letters_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         _who: Reader,
         queue: Annotated[Text | None, Query()] = None,
         task: Annotated[Text | None, Query()] = None,
-        error_type: Annotated[Text | None, Query(description="module.Name")] = None,
+        error_type: Annotated[Text | None, Query(description="module.QualName")] = None,
+        reason: Annotated[DeadReason | None, Query(description="Why it was dead-lettered.")] = None,
         since: Annotated[UtcDatetime | None, Query(description="Dead at or after.")] = None,
         until: Annotated[UtcDatetime | None, Query(description="Dead before.")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         """Dead jobs not yet replayed, without tracebacks (get one letter for that)."""
-        where = DeadFilter(queue=queue, task=task, error_type=error_type, since=since, until=until)
+        where = DeadFilter(
+            queue=queue, task=task, error_type=error_type, reason=reason, since=since, until=until
+        )
         return {"items": [dead_letter_view(job) for job in list_dead(app, where, limit=limit)]}
 
     @router.get(

@@ -7,7 +7,7 @@ and concurrently; if either fails, it answers 503 so traffic goes elsewhere. Nei
 reveals more than which dependency failed.
 
 ``/metrics`` serves the API process's counters (jobs enqueued, replayed) and the ledger
-gauges (:class:`~worker.metrics.LedgerCollector`) to a caller with the metrics token
+gauges (:class:`~worker.observability.metrics.LedgerCollector`) to a caller with the metrics token
 (``CONVEYOR_METRICS_TOKEN``) or an API key with the ``read`` scope.
 """
 
@@ -26,8 +26,8 @@ from worker.api.keys import Scope
 from worker.api.problems import ProblemError, documented
 from worker.api.schemas import Health, Readiness
 from worker.app import ConveyorApp
-from worker.metrics import registry_for_scrape
-from worker.probes import check_broker, check_ledger
+from worker.observability.metrics import registry_for_scrape
+from worker.observability.probes import check_broker, check_ledger
 
 CHECK_TIMEOUT_S: Final = 2.0
 

@@ -27,19 +27,10 @@ from worker.api.schemas import (
 from worker.app import ConveyorApp
 from worker.client import cancel, enqueue, get_job
 from worker.models import JobState
-from worker.views import job_view
+from worker.operations.views import job_view
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
 JobId = Annotated[str, Path(pattern=NO_NUL, description="The job's id.")]
-
-
-def key_reused(key: str) -> ProblemError:
-    return ProblemError(
-        409,
-        f"idempotency key {key!r} belongs to a job with another task or payload",
-        kind="idempotency-key-reused",
-        title="Idempotency key reused",
-    )
 
 
 def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
@@ -84,11 +75,9 @@ def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         )
         state = JobState.SCHEDULED if body.delay_s else JobState.QUEUED
         if idempotency_key is not None:
-            # The key may have named an existing job: same request (a replay) or not (409).
+            # The key may have named an existing job (enqueue refused another request's).
             job = app.ledger.get(job_id)
             if job is not None:
-                if job.task != body.task or job.payload != body.payload:
-                    raise key_reused(idempotency_key)
                 state = JobState(job.state)
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         return {"id": job_id, "state": state}

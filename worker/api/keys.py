@@ -16,17 +16,12 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from sqlalchemy import Index, String, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
-
 from worker.errors import UsageError
 from worker.ledger import Ledger
-from worker.models import Base, JSONDocument, utcnow
+from worker.models import ApiKey, utcnow
 
 TOKEN_PREFIX: Final = "cvk"  # noqa: S105 - the fixed start of every token, not a secret
 PREFIX_BYTES: Final = 6
@@ -44,21 +39,6 @@ class Scope(StrEnum):
     """Read jobs, dead letters and queues."""
     ADMIN = "admin"
     """Replay and purge dead letters."""
-
-
-class ApiKey(Base):
-    """One API key: its name, public prefix, token hash and scopes."""
-
-    __tablename__ = "conveyor_api_keys"
-    __table_args__ = (Index("ix_conveyor_api_keys_prefix", "prefix", unique=True),)
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    prefix: Mapped[str] = mapped_column(String(32))
-    token_hash: Mapped[str] = mapped_column(String(64))
-    scopes: Mapped[list[str]] = mapped_column(JSONDocument)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +86,13 @@ def create_key(ledger: Ledger, name: str, scopes: Sequence[Scope]) -> tuple[ApiK
         scopes=sorted({Scope(scope).value for scope in scopes}),
         created_at=utcnow(),
     )
-    try:
-        with ledger.transaction() as session:
-            session.add(key)
-    except IntegrityError:
-        raise UsageError(f"an API key named {name!r} exists already (maybe revoked)") from None
+    if not ledger.add_key(key):
+        raise UsageError(f"an API key named {name!r} exists already (maybe revoked)")
     return key, token
 
 
 def list_keys(ledger: Ledger) -> Sequence[ApiKey]:
-    with ledger.session() as session:
-        return session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.name)).all()
+    return ledger.keys()
 
 
 def revoke_key(ledger: Ledger, name: str) -> bool:
@@ -125,18 +101,10 @@ def revoke_key(ledger: Ledger, name: str) -> bool:
     Raises :class:`~worker.errors.UsageError` when there is no such key. Servers stop
     accepting it within :data:`worker.api.auth.KEY_CACHE_TTL_S`.
     """
-    with ledger.transaction() as session:
-        revoked = session.execute(
-            update(ApiKey)
-            .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-            .returning(ApiKey.id)
-        ).scalar_one_or_none()
-        if revoked is not None:
-            return True
-        if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is None:
-            raise UsageError(f"no API key named {name!r}")
-        return False
+    revoked = ledger.revoke_key(name)
+    if revoked is None:
+        raise UsageError(f"no API key named {name!r}")
+    return revoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +120,7 @@ def check_token(ledger: Ledger, token: str) -> Lookup:
     prefix = token_prefix(token)
     if prefix is None:
         return Lookup(None)
-    with ledger.session() as session:
-        key = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    key = ledger.key_by_prefix(prefix)
     if key is None or not hmac.compare_digest(key.token_hash, hash_token(token)):
         return Lookup(None)
     if key.revoked_at is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any, Literal, cast, get_args
 
@@ -34,8 +34,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.admission import IdempotencyConflict
 from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UnknownTask, UsageError
-from worker.sentry import report_unexpected
+from worker.observability.sentry import report_unexpected
 
 log = logging.getLogger("conveyor.api")
 
@@ -165,31 +166,52 @@ def invalid_request(errors: Any) -> ProblemError:
 
 def translate(exc: Exception) -> ProblemError | None:
     """The problem for an exception we know how to answer, else None (a 500)."""
-    if isinstance(exc, ProblemError):
-        return exc
-    if isinstance(exc, RequestValidationError):
-        return invalid_request(exc.errors())
-    if isinstance(exc, HTTPException):
-        phrase = HTTPStatus(exc.status_code).phrase
-        detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
-        if exc.status_code == 404 and detail is None:
-            detail = "no such resource"
-        return ProblemError(exc.status_code, detail, headers=dict(exc.headers or {}))
-    if isinstance(exc, UnknownTask):
-        return ProblemError(422, str(exc), kind="unknown-task", title="Unknown task")
-    if isinstance(exc, PayloadInvalid):
-        return ProblemError(422, str(exc), kind="invalid-payload", title="Invalid payload")
-    if isinstance(exc, JobNotFound):
-        return ProblemError(404, str(exc))
-    if isinstance(exc, EnqueueError):
-        return unavailable("broker", "the broker did not take the job; nothing was enqueued")
-    if isinstance(exc, BrokerError):
-        return unavailable("broker", "the broker cannot be reached")
-    if isinstance(exc, LedgerError | LedgerInterfaceError | LedgerPoolTimeout):
-        return unavailable("ledger", "the ledger database cannot be reached")
-    if isinstance(exc, UsageError):
-        return ProblemError(400, str(exc), kind="bad-request", title="Bad request")
+    for kinds, answer in ANSWERS:
+        if isinstance(exc, kinds):
+            return answer(exc)
     return None
+
+
+def _http(exc: Any) -> ProblemError:
+    phrase = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+    if exc.status_code == 404 and detail is None:
+        detail = "no such resource"
+    return ProblemError(exc.status_code, detail, headers=dict(exc.headers or {}))
+
+
+Answer = Callable[[Any], ProblemError]
+ANSWERS: list[tuple[type[Exception] | tuple[type[Exception], ...], Answer]] = [
+    (ProblemError, lambda exc: exc),
+    (RequestValidationError, lambda exc: invalid_request(exc.errors())),
+    (HTTPException, _http),
+    (
+        UnknownTask,
+        lambda exc: ProblemError(422, str(exc), kind="unknown-task", title="Unknown task"),
+    ),
+    (
+        PayloadInvalid,
+        lambda exc: ProblemError(422, str(exc), kind="invalid-payload", title="Invalid payload"),
+    ),
+    (
+        IdempotencyConflict,
+        lambda exc: ProblemError(
+            409, str(exc), kind="idempotency-key-reused", title="Idempotency key reused"
+        ),
+    ),
+    (JobNotFound, lambda exc: ProblemError(404, str(exc))),
+    (
+        EnqueueError,
+        lambda _: unavailable("broker", "the broker did not take the job; nothing was enqueued"),
+    ),
+    (BrokerError, lambda _: unavailable("broker", "the broker cannot be reached")),
+    (
+        (LedgerError, LedgerInterfaceError, LedgerPoolTimeout),
+        lambda _: unavailable("ledger", "the ledger database cannot be reached"),
+    ),
+    (UsageError, lambda exc: ProblemError(400, str(exc), kind="bad-request", title="Bad request")),
+]
+"""What each exception the API explains answers, first match wins (so subclasses first)."""
 
 
 def unavailable(what: str, detail: str) -> ProblemError:

@@ -13,7 +13,7 @@ from worker.api.keys import Principal, Scope
 from worker.api.problems import AUTHENTICATED, documented
 from worker.api.schemas import QueuesView
 from worker.app import ConveyorApp
-from worker.stats import queue_stats
+from worker.operations.stats import queue_stats
 
 
 def queues_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:

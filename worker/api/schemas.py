@@ -1,15 +1,15 @@
 """The API's request and response bodies, with the examples the OpenAPI document shows.
 
-Response models mirror :func:`worker.views.job_view` and
-:func:`worker.dlq.dead_letter_view` (the CLI's ``--json`` shapes) and allow extra fields,
+Response models mirror :func:`worker.operations.views.job_view` and
+:func:`worker.operations.dlq.dead_letter_view` (the CLI's ``--json`` shapes) and allow extra fields,
 so a field added there reaches API clients too. Request models refuse unknown fields and
 any value the ledger could not store (NUL characters, non-finite numbers, integers beyond
-64 bits), so such input is a 422, never a database error.
+64 bits: :func:`worker.admission.storable`, the rule every producer shares), so such input
+is a 422, never a database error.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -23,12 +23,13 @@ from pydantic import (
     StringConstraints,
 )
 
+from worker.admission import storable
+from worker.constants import DeadReason
 from worker.models import JobState
 
 NO_NUL: Final = r"^[^\x00]*$"
 QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_DELAY_S: Final = 366 * 86_400
-INT64_MAX: Final = 2**63 - 1
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=QUEUE_PATTERN)]
@@ -62,34 +63,14 @@ UtcDatetime = Annotated[datetime, Strict(False), BeforeValidator(iso_only), Afte
 """A time in ISO 8601 (UTC when no zone is given); strict models still parse it from text."""
 
 
-def storable(value: Any, where: str = "payload") -> None:
-    """Raise ValueError for JSON the ledger and the wire cannot carry faithfully."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{where}: strings must not contain NUL characters")
-    elif isinstance(value, bool) or value is None:
-        return
-    elif isinstance(value, int):
-        if not -INT64_MAX - 1 <= value <= INT64_MAX:
-            raise ValueError(f"{where}: integers must fit in 64 bits")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: numbers must be finite")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            storable(key, where)
-            storable(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            storable(item, f"{where}[{index}]")
-
-
 def _storable_payload(value: dict[str, Any]) -> dict[str, Any]:
     storable(value)
     return value
 
 
 Payload = Annotated[dict[str, Any], AfterValidator(_storable_payload)]
+"""A job's payload, refused as a body error when the ledger could not store it (the rule of
+every producer, :func:`worker.admission.storable`); its schema is judged by ``enqueue``."""
 
 
 class JobCreate(BaseModel):
@@ -241,7 +222,8 @@ class DeadLetterSelection(BaseModel):
     ids: list[Text] = Field(default_factory=list, max_length=10_000)
     queue: Text | None = None
     task: Text | None = None
-    error_type: Text | None = None
+    error_type: Text | None = Field(None, description="module.QualName")
+    reason: DeadReason | None = Field(None, description="Why it was dead-lettered.")
     since: UtcDatetime | None = Field(None, description="Dead at or after this time.")
     until: UtcDatetime | None = Field(None, description="Dead before this time.")
     every: bool = Field(False, alias="all", description="Required to select with no filter.")
@@ -327,3 +309,25 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
     checks: dict[str, str] = Field(examples=[{"ledger": "ok", "broker": "ok"}])
+
+
+class DeclaredJobView(BaseModel):
+    """One job type as a worker declared it (the shape of ``conveyor jobs catalog --json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    queue: str | None
+    payload_schema: dict[str, Any] | None
+    max_attempts: int
+    backoff: dict[str, Any]
+    timeout_s: float
+    version: str
+    declared_by: str
+    declared_at: Timestamp
+
+
+class CatalogView(BaseModel):
+    """Every job type the workers declared, by name."""
+
+    items: list[DeclaredJobView]

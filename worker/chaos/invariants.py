@@ -71,36 +71,14 @@ def check(
             .group_by(effects.c.job_id)
         ):
             effect_counts[job_id] = count
-    bad = report.violations
-    for job_id in ids:
-        job = jobs.get(job_id)
-        if job is None or not JobState(job.state).is_terminal:
-            report.lost += 1
-            if job is None:
-                bad.append(f"{job_id}: no ledger row")
-                continue
-            history = [f"{a.attempt}:{a.outcome}" for a in attempts if a.job_id == job_id]
-            bad.append(
-                f"{job_id}: not terminal ({job.state}, attempts {job.attempts}, "
-                f"updated {job.updated_at:%H:%M:%S.%f}, worker {job.worker}, history {history})"
-            )
-    for job_id, plan in plans.items():
-        job = jobs.get(job_id)
-        done = effect_counts.get(job_id, 0)
-        report.duplicated_effects += max(done - 1, 0)
-        if job is None or not JobState(job.state).is_terminal:
-            continue
-        if job.state != plan.expect:
-            bad.append(f"{job_id} (job {plan.n}): {job.state}, planned {plan.expect}")
-        elif plan.expect == JobState.DEAD and job.dead_reason != plan.reason:
-            bad.append(f"{job_id}: dead as {job.dead_reason}, planned {plan.reason}")
-        expected_effects = 1 if plan.expect == JobState.SUCCEEDED else 0
-        if done != expected_effects:
-            bad.append(f"{job_id}: effect written {done} times, expected {expected_effects}")
+    _check_terminal(report, ids, jobs, attempts)
+    _check_plans(report, plans, jobs, effect_counts)
     for job_id, reason in poison.items():
         job = jobs.get(job_id)
         if job is not None and (job.state, job.dead_reason) != (JobState.DEAD, reason):
-            bad.append(f"poison {job_id}: {job.state}/{job.dead_reason}, expected dead/{reason}")
+            report.violations.append(
+                f"poison {job_id}: {job.state}/{job.dead_reason}, expected dead/{reason}"
+            )
     report.succeeded = sum(1 for j in jobs.values() if j.state == JobState.SUCCEEDED)
     report.dead = sum(1 for j in jobs.values() if j.state == JobState.DEAD)
     _check_delays(report, attempts, jobs, plans)
@@ -111,8 +89,45 @@ def check(
         report.p50_s = round(statistics.median(spans), 3)
         report.p95_s = round(spans[int(0.95 * (len(spans) - 1))], 3)
     if leftover_pids:
-        bad.append(f"processes still running after the run: {leftover_pids}")
+        report.violations.append(f"processes still running after the run: {leftover_pids}")
     return report
+
+
+def _check_terminal(report: Report, ids: list[str], jobs: dict[str, Job], attempts: Any) -> None:
+    """Every job is terminal: count and describe those that are not (lost)."""
+    for job_id in ids:
+        job = jobs.get(job_id)
+        if job is not None and JobState(job.state).is_terminal:
+            continue
+        report.lost += 1
+        if job is None:
+            report.violations.append(f"{job_id}: no ledger row")
+            continue
+        history = [f"{a.attempt}:{a.outcome}" for a in attempts if a.job_id == job_id]
+        report.violations.append(
+            f"{job_id}: not terminal ({job.state}, attempts {job.attempts}, "
+            f"updated {job.updated_at:%H:%M:%S.%f}, worker {job.worker}, history {history})"
+        )
+
+
+def _check_plans(
+    report: Report, plans: dict[str, JobPlan], jobs: dict[str, Job], effects: Counter[str]
+) -> None:
+    """Each finished job ended as planned, with its effect written exactly as often."""
+    bad = report.violations
+    for job_id, plan in plans.items():
+        job = jobs.get(job_id)
+        done = effects.get(job_id, 0)
+        report.duplicated_effects += max(done - 1, 0)
+        if job is None or not JobState(job.state).is_terminal:
+            continue
+        if job.state != plan.expect:
+            bad.append(f"{job_id} (job {plan.n}): {job.state}, planned {plan.expect}")
+        elif plan.expect == JobState.DEAD and job.dead_reason != plan.reason:
+            bad.append(f"{job_id}: dead as {job.dead_reason}, planned {plan.reason}")
+        expected_effects = 1 if plan.expect == JobState.SUCCEEDED else 0
+        if done != expected_effects:
+            bad.append(f"{job_id}: effect written {done} times, expected {expected_effects}")
 
 
 def _check_delays(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from alembic import context
 
-import worker.api.keys  # noqa: F401  (registers conveyor_api_keys on Base.metadata)
 from worker.ledger import make_engine
 from worker.models import Base
 

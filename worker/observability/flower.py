@@ -34,7 +34,7 @@ from config.settings import BrokerKind
 from worker.constants import DEAD_LETTER_SUFFIX, dead_letter_queue
 from worker.errors import ConfigError
 from worker.jobs import REGISTRY
-from worker.probes import is_loopback
+from worker.observability.probes import is_loopback
 
 UNAUTHENTICATED_API_VARIABLE: Final = "FLOWER_UNAUTHENTICATED_API"
 """Set, Flower serves its REST API (send-task, revoke, shutdown) without credentials."""

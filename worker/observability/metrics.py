@@ -1,7 +1,8 @@
 """Conveyor's own Prometheus metrics: what Flower's do not say.
 
-Counters and histograms are recorded where things happen (the client, the runtime, the
-relay, the dead-letter tools); the ledger gauges (depth by state, oldest-job age, relay
+Counters and histograms are recorded by :func:`observe`, the first observer of the outcome
+chain (:mod:`worker.outcomes`), from the events of the client, the runtime, the relay and
+the dead-letter tools; the ledger gauges (depth by state, oldest-job age, relay
 lag) are read from the ledger when Prometheus scrapes, by :class:`LedgerCollector`.
 
 Celery's prefork pool runs jobs in child processes, so a worker serves its counters with
@@ -27,8 +28,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from worker.outcomes import Event
+
 if TYPE_CHECKING:
     from worker.ledger import Ledger
+    from worker.outcomes import JobEvent
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -66,6 +70,30 @@ RELAY_PUBLISHED = Counter(
     "Messages the relay published (due retries and delays, outbox rows, stranded jobs).",
     ["queue"],
 )
+
+
+_COUNTED: dict[Event, Counter] = {
+    Event.ENQUEUED: ENQUEUED,
+    Event.CLAIMED: STARTED,
+    Event.SUCCEEDED: SUCCEEDED,
+    Event.RETRY: RETRIED,
+    Event.REPLAYED: REPLAYED,
+}
+
+
+def observe(event: JobEvent) -> None:
+    """Count ``event`` and record its timings (the outcome chain's metrics observer)."""
+    if event.event is Event.DEAD:
+        DEAD_LETTERED.labels(event.task, event.queue, str(event.reason)).inc()
+    elif event.event is Event.PUBLISHED:
+        RELAY_PUBLISHED.labels(event.queue).inc()
+    elif (counter := _COUNTED.get(event.event)) is not None:
+        counter.labels(event.task, event.queue).inc()
+    if event.run_s is not None:
+        outcome = "succeeded" if event.event is Event.SUCCEEDED else "failed"
+        RUN_SECONDS.labels(event.task, event.queue, outcome).observe(event.run_s)
+    if event.ledger_s is not None and event.ledger_operation is not None:
+        LEDGER_SECONDS.labels(event.ledger_operation).observe(event.ledger_s)
 
 
 def use_multiprocess(directory: Path) -> None:
@@ -106,7 +134,7 @@ class _Forward(Collector):
 class LedgerCollector(Collector):
     """Queue depth by state, oldest queued job's age, and relay lag, read at scrape time.
 
-    One grouped query (:func:`worker.stats.queue_stats`) per scrape. Several processes
+    One grouped query (:func:`worker.operations.stats.queue_stats`) per scrape. Several processes
     (relays, API replicas) may serve the same figures: aggregate them with ``max``.
     """
 
@@ -114,7 +142,7 @@ class LedgerCollector(Collector):
         self.ledger = ledger
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from worker.stats import queue_stats
+        from worker.operations.stats import queue_stats
 
         stats = queue_stats(self.ledger)
         jobs = GaugeMetricFamily(

@@ -1,4 +1,4 @@
-"""``conveyor dlq``: triage of dead jobs from the command line (see :mod:`worker.dlq`)."""
+"""``conveyor dlq``: triage of dead jobs from the command line (:mod:`worker.operations.dlq`)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.cli_common import State, emit_json, json_option, pass_state
-from worker.dlq import DeadFilter, Outcome, dead_letter_view, list_dead
+from worker.cli.common import State, emit_json, json_option, pass_state
+from worker.constants import DeadReason
 from worker.errors import JobNotFound, UsageError
 from worker.models import utcnow
-from worker.views import iso
+from worker.operations.dlq import DeadFilter, Outcome, dead_letter_view, list_dead
+from worker.operations.views import iso
 
 
 def parse_when(value: str | None) -> datetime | None:
@@ -42,6 +43,7 @@ def dead_filter(
         queue=options["queue"],
         task=options["task"],
         error_type=options["error_type"],
+        reason=DeadReason(options["reason"]) if options["reason"] else None,
         since=parse_when(options["since"]),
         until=parse_when(options["until"]),
     )
@@ -55,7 +57,12 @@ def filter_options(command: Any) -> Any:
         [
             click.option("--queue", help="Only dead jobs of this queue."),
             click.option("--task", help="Only dead jobs of this task."),
-            click.option("--error-type", help="Only this exception type (module.Name)."),
+            click.option("--error-type", help="Only this exception type (module.QualName)."),
+            click.option(
+                "--reason",
+                type=click.Choice([reason.value for reason in DeadReason]),
+                help="Only dead jobs dead-lettered for this reason.",
+            ),
             click.option("--since", help="Dead at or after: ISO 8601 time or age (30m, 2h, 7d)."),
             click.option("--until", help="Dead before: ISO 8601 time or age."),
         ]
@@ -155,7 +162,7 @@ def dlq_replay(
     **options: str | None,
 ) -> None:
     """Put dead jobs back on their original queues as new jobs (attempts from zero)."""
-    from worker.dlq import replay
+    from worker.operations.dlq import replay
 
     where = dead_filter(job_ids, every, options, needs_scope=True)
     outcome = replay(state.app, where, actor=actor, dry_run=dry_run, rate_per_s=rate_per_s)
@@ -181,7 +188,7 @@ def dlq_purge(
     **options: str | None,
 ) -> None:
     """Delete dead jobs for good, from the ledger and the broker's dead-letter queue."""
-    from worker.dlq import purge
+    from worker.operations.dlq import purge
 
     where = dead_filter(job_ids, every, options, needs_scope=True)
     report(purge(state.app, where, actor=actor, dry_run=dry_run), as_json)
@@ -193,7 +200,7 @@ def dlq_purge(
 @pass_state
 def dlq_audit(state: State, limit: int, as_json: bool) -> None:
     """Replays and purges, newest first: who, when, what and how many."""
-    from worker.dlq import audit_log
+    from worker.operations.dlq import audit_log
 
     entries = audit_log(state.app, limit=limit)
     if as_json:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from worker.chaos.invariants import Report
 from worker.chaos.scenarios import SCENARIOS
-from worker.cli_common import emit_json, json_option
+from worker.cli.common import emit_json, json_option
 
 DEFAULT_PG = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"

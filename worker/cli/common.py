@@ -10,8 +10,8 @@ import click
 
 from config import Settings, load_settings
 from worker.app import ConveyorApp, create_app
+from worker.observability.sentry import init_sentry
 from worker.schema import ensure_schema, wait_for_schema
-from worker.sentry import init_sentry
 
 
 class State:

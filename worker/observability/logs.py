@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from config.settings import LogFormat
-from worker.tracing import current_trace_id
+from worker.observability.tracing import current_trace_id
+from worker.outcomes import Event
+
+if TYPE_CHECKING:
+    from worker.outcomes import JobEvent
 
 HIDDEN: Final = frozenset(
     {"payload", "kwargs", "args", "argsrepr", "kwargsrepr", "result", "body", "data"}
@@ -43,6 +47,41 @@ def job_fields(
     """The fields that identify a job in a log line (``extra=``); unknown ones are left out."""
     fields: dict[str, Any] = {"job_id": job_id, "task": task, "queue": queue, "attempt": attempt}
     return {key: value for key, value in fields.items() if value is not None}
+
+
+job_log = logging.getLogger("conveyor.runtime")
+
+_LINES: Final = {
+    Event.ENQUEUED: (logging.DEBUG, "job.enqueued"),
+    Event.PUBLISHED: (logging.DEBUG, "job.published"),
+    Event.CLAIMED: (logging.DEBUG, "job.claimed"),
+    Event.SKIPPED: (logging.INFO, "job.skipped"),
+    Event.SUCCEEDED: (logging.INFO, "job.succeeded"),
+    Event.RETRY: (logging.WARNING, "job.retry_scheduled"),
+    Event.DEAD: (logging.ERROR, "job.dead"),
+    Event.LEASE_LOST: (logging.WARNING, "job.lease_lost"),
+    Event.REPLAYED: (logging.INFO, "job.replayed"),
+}
+"""Each event's level and line; a dead-lettered poison message logs ``job.poison``."""
+
+
+def observe(event: JobEvent) -> None:
+    """Log ``event`` as one line (the outcome chain's log observer); never its payload."""
+    level, name = _LINES[event.event]
+    if not job_log.isEnabledFor(level):
+        return
+    fields = job_fields(event.job_id, event.task, event.queue, event.attempt)
+    if event.state is not None:
+        fields["state"] = event.state
+    if event.delay_s is not None:
+        fields["delay_s"] = round(event.delay_s, 3)
+    if event.reason is not None:
+        fields["reason"] = event.reason.value
+        if event.reason.is_poison:
+            name = "job.poison"
+    if event.failure is not None:
+        fields["error_type"] = event.failure.error_type
+    job_log.log(level, name, extra=fields)
 
 
 def _add_trace_id(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:

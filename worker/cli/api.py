@@ -6,8 +6,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.cli_common import State, emit_json, json_option, pass_state
-from worker.views import iso
+from worker.cli.common import State, emit_json, json_option, pass_state
+from worker.operations.views import iso
 
 SCOPES = ("enqueue", "read", "admin")
 
@@ -22,7 +22,7 @@ def api(state: State, host: str, port: int, access_log: bool) -> None:
     import uvicorn
 
     from worker.api.app import create_api
-    from worker.logs import configure_logging
+    from worker.observability.logs import configure_logging
 
     configure_logging(state.settings.log_level, state.settings.log_format)
     state.waits_for_ledger = True

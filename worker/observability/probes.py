@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import text
 
 from worker.errors import ConfigError
-from worker.metrics import registry_for_scrape
+from worker.observability.metrics import registry_for_scrape
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment

@@ -1,4 +1,6 @@
-"""``conveyor flower``: Flower on Conveyor's app, with credentials required (worker/flower.py).
+"""``conveyor flower``: Flower on Conveyor's app, with credentials required.
+
+The checks and Flower's options are in :mod:`worker.observability.flower`.
 
 Every check runs before anything connects: missing credentials, ``--local-dev`` off
 loopback and ``FLOWER_UNAUTHENTICATED_API`` end in one line and exit code 1.
@@ -12,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from worker.cli_common import State, pass_state
+from worker.cli.common import State, pass_state
 from worker.errors import UsageError
-from worker.flower import (
+from worker.observability.flower import (
     DB_FILE_NAME,
     FlowerOptions,
     adapt_flower,
@@ -59,7 +61,7 @@ def flower(
     local_dev: bool,
 ) -> None:
     """Serve Flower (live workers, task events, queue lengths) until stopped."""
-    from worker.logs import configure_logging
+    from worker.observability.logs import configure_logging
 
     settings = state.settings
     options = FlowerOptions(

@@ -2,12 +2,14 @@
 
 What reaches Sentry (the table is in ``docs/sentry.md``):
 
-- **a dead-lettered job, once**: :func:`report_dead_letter`, called by the runtime once
-  the dead state is recorded and published, and by the poison consumer for messages that
-  never became a task. Sentry's Celery integration sees neither: the runtime catches a
-  job's errors (Celery sees a success), a retry waits in the ledger, an unreachable ledger
-  becomes Celery's ``Retry`` (which the integration ignores), and a poison message is
-  rejected before any task runs. A job that fails, retries and then succeeds reports nothing.
+- **a dead-lettered job, once**: :class:`SentryObserver`, the last observer of the outcome
+  chain (:mod:`worker.outcomes`), on each ``dead`` event — emitted by
+  :meth:`worker.deadletter.DeadLetters.bury` once the dead state is recorded and published,
+  for jobs and for messages that never became a task alike. Sentry's Celery integration
+  sees neither: the runtime catches a job's errors (Celery sees a success), a retry waits
+  in the ledger, an unreachable ledger becomes Celery's ``Retry`` (which the integration
+  ignores), and a poison message is rejected before any task runs. A job that fails,
+  retries and then succeeds reports nothing.
 - **an unexpected API error** (a bare 500): :func:`report_unexpected`, from
   :class:`~worker.api.problems.CatchAll`, which answers it and so hides it from the
   FastAPI integration. Problems the API explains (4xx, and the 503 of an outage) are not
@@ -38,12 +40,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from config import Settings
+from worker.errors import Failure
 from worker.jobs import REGISTRY
-from worker.ledger import Failure
-from worker.logs import job_fields
+from worker.observability.logs import job_fields
+from worker.outcomes import Event
 
 if TYPE_CHECKING:
-    from sentry_sdk.types import Event, Hint
+    from sentry_sdk.types import Event as SentryEvent
+    from sentry_sdk.types import Hint
+
+    from worker.outcomes import JobEvent
 
 log = logging.getLogger("conveyor.sentry")
 
@@ -100,6 +106,27 @@ def init_sentry(settings: Settings, component: str) -> bool:
     return True
 
 
+class SentryObserver:
+    """Reports each ``dead`` event of the outcome chain, tagged with the broker's kind."""
+
+    def __init__(self, *, broker: str) -> None:
+        self.broker = broker
+
+    def __call__(self, event: JobEvent) -> None:
+        if event.event is not Event.DEAD or event.failure is None:
+            return
+        report_dead_letter(
+            broker=self.broker,
+            job_id=event.job_id,
+            task=event.task,
+            queue=event.queue,
+            attempt=event.attempt or 0,
+            reason=str(event.reason),
+            failure=event.failure,
+            payload=event.payload or {},
+        )
+
+
 def report_dead_letter(
     *,
     broker: str,
@@ -113,10 +140,10 @@ def report_dead_letter(
 ) -> None:
     """Send the one error event of a job that was just dead-lettered.
 
-    Called exactly once per dead job, after its dead state is in the ledger: by the runtime
-    (``attempt`` is the number of attempts made) and by the poison consumer (``attempt``
-    0). Events group by task, reason and error type. The payload goes along, unredacted,
-    only if the task opted in. Never raises: the job is already dead, and a reporting
+    Called exactly once per dead job, after its dead state is in the ledger (``attempt`` is
+    the number of attempts made, 0 for a message that never became an attempt). Events
+    group by task, reason and error type. The payload goes along, unredacted, only if the
+    task opted in. Never raises: the job is already dead, and a reporting
     failure must not turn that recorded outcome into a redelivery.
     """
     if not _active():
@@ -147,7 +174,7 @@ def report_dead_letter(
         }
         if opted_in:
             event["extra"] = {"payload": payload}
-        sentry_sdk.capture_event(cast("Event", event), hint={REDACTED_HINT: True})
+        sentry_sdk.capture_event(cast("SentryEvent", event), hint={REDACTED_HINT: True})
     except Exception:
         log.exception("sentry.report_failed", extra=job_fields(job_id, task, queue, attempt))
 
@@ -250,7 +277,7 @@ def _leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
-def scrub(event: Event, hint: Hint) -> Event:
+def scrub(event: SentryEvent, hint: Hint) -> SentryEvent:
     """Sentry's ``before_send``: remove whatever may hold a job's payload, unless it opted in.
 
     Runs in every process for every error event, whoever made it. An event belongs to a

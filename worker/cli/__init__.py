@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,31 +23,32 @@ from kombu.exceptions import OperationalError as BrokerError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import OperationalError as DatabaseError
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
-from worker.app import import_task_modules
-from worker.cli_api import api, apikey
-from worker.cli_chaos import chaos
-from worker.cli_common import State, emit_json, json_option, metrics_port_option, pass_state
-from worker.cli_dlq import dlq
-from worker.cli_flower import flower
+from worker.catalog import declare
+from worker.cli.api import api, apikey
+from worker.cli.chaos import chaos
+from worker.cli.common import State, emit_json, json_option, metrics_port_option, pass_state
+from worker.cli.dlq import dlq
+from worker.cli.flower import flower
+from worker.cli.jobs import jobs
 from worker.constants import RELAY_POLL_S
 from worker.errors import ConveyorError, UsageError
-from worker.jobs import REGISTRY, spec_for
-from worker.logs import configure_logging
-from worker.metrics import use_multiprocess
-from worker.models import JobState
-from worker.policy import schedule, worst_case_total_s
-from worker.probes import (
+from worker.jobs import REGISTRY
+from worker.ledger import Ledger
+from worker.observability.logs import configure_logging
+from worker.observability.metrics import use_multiprocess
+from worker.observability.probes import (
     CHECK_TIMEOUT_S,
     WORKER_LIVENESS,
     ConsumingCollector,
     readiness,
     serve_probes,
 )
-from worker.views import job_view
 
 EXIT_ERROR = 1
+
+log = logging.getLogger("conveyor.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,6 +61,17 @@ cli.add_command(chaos)
 cli.add_command(api)
 cli.add_command(apikey)
 cli.add_command(flower)
+cli.add_command(jobs)
+
+
+def declare_jobs(ledger: Ledger, worker: str) -> None:
+    """Put this worker's job types in the catalog; a worker starts even if it cannot."""
+    try:
+        declared = declare(ledger, REGISTRY.values(), worker=worker)
+    except SQLAlchemyError:
+        log.warning("catalog.declare_failed", exc_info=True)
+        return
+    log.info("catalog.declared", extra={"jobs": declared, "worker": worker})
 
 
 @cli.command()
@@ -112,6 +124,7 @@ def worker(
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
     argv += ["--hostname", nodename]
+    declare_jobs(app.ledger, nodename)
     app.worker_main(argv)
 
 
@@ -156,99 +169,12 @@ def enqueue(
         click.echo(job_id)
 
 
-@cli.group()
-def jobs() -> None:
-    """Look at jobs in the ledger."""
-
-
-@jobs.command("show")
-@click.argument("job_id")
-@json_option
-@pass_state
-def jobs_show(state: State, job_id: str, as_json: bool) -> None:
-    """Show one job."""
-    from worker.client import get_job
-
-    view = job_view(get_job(job_id, app=state.app))
-    if as_json:
-        emit_json(view)
-        return
-    for name, value in view.items():
-        shown = json.dumps(value) if isinstance(value, dict | list) else value
-        click.echo(f"{name:>16}: {'-' if shown is None else shown}")
-
-
-@jobs.command("list")
-@click.option("--state", "job_state", type=click.Choice([s.value for s in JobState]))
-@click.option("--task")
-@click.option("--queue")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@json_option
-@pass_state
-def jobs_list(
-    state: State,
-    job_state: str | None,
-    task: str | None,
-    queue: str | None,
-    limit: int,
-    as_json: bool,
-) -> None:
-    """List jobs, newest first."""
-    rows = state.app.ledger.list(state=job_state, task=task, queue=queue, limit=limit)
-    views = [job_view(row) for row in rows]
-    if as_json:
-        emit_json(views)
-        return
-    table = Table("id", "task", "queue", "state", "attempts", "created")
-    for view in views:
-        table.add_row(
-            view["id"],
-            view["task"],
-            view["queue"],
-            view["state"],
-            str(view["attempts"]),
-            view["created_at"][:19],
-        )
-    Console().print(table)
-
-
-@jobs.command("policy")
-@click.argument("task")
-@json_option
-@pass_state
-def jobs_policy(state: State, task: str, as_json: bool) -> None:
-    """Print the retry schedule TASK follows until it is dead-lettered."""
-    import_task_modules(state.settings)
-    spec = spec_for(task)
-    steps = schedule(spec.policy)
-    total_s = worst_case_total_s(spec.policy)
-    if as_json:
-        emit_json(
-            {
-                "task": spec.name,
-                "max_attempts": spec.policy.max_attempts,
-                "retries": [asdict(step) for step in steps],
-                "max_total_delay_s": total_s,
-            }
-        )
-        return
-    table = Table("after attempt", "waits at least (s)", "waits at most (s)")
-    for step in steps:
-        table.add_row(str(step.attempt), f"{step.min_delay_s:g}", f"{step.max_delay_s:g}")
-    console = Console()
-    console.print(table)
-    console.print(
-        f"{spec.name}: {spec.policy.max_attempts} attempts; dead-lettered at most "
-        f"{total_s:g}s of waiting after the first failure (plus run time)."
-    )
-
-
 @cli.command()
 @json_option
 @pass_state
 def queues(state: State, as_json: bool) -> None:
     """Every queue's queued, running, scheduled and dead jobs, its oldest wait, relay lag."""
-    from worker.stats import queue_stats
+    from worker.operations.stats import queue_stats
 
     stats = queue_stats(state.app.ledger)
     if as_json:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from config import Settings
     from worker.models import Job
+    from worker.outcomes import JobEvent
 
 log = logging.getLogger("conveyor.tracing")
 
@@ -126,6 +127,17 @@ def flush_tracing() -> bool:
     """
     provider = _provider
     return provider is not None and provider.force_flush(FLUSH_TIMEOUT_MS)
+
+
+def observe(event: JobEvent) -> None:
+    """Mark the current span failed for a failed attempt (the outcome chain's tracing
+    observer): its error type, never its message, which may quote the payload. Outside a
+    span (tracing off, or a poison message) this does nothing."""
+    if event.failure is None:
+        return
+    span = trace.get_current_span()
+    span.set_status(Status(StatusCode.ERROR, event.failure.error_type))
+    span.set_attribute("conveyor.error_type", event.failure.error_type)
 
 
 def current_trace_id() -> str | None:

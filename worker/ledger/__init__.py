@@ -1,0 +1,44 @@
+"""The ledger: the source of truth for every job's state, split by who calls it.
+
+=====================  ===================================================================
+module                 who calls it, for what
+=====================  ===================================================================
+``database``           everyone: the pooled engine, sessions, :class:`NewJob`
+``jobs``               producers and workers: create, claim, succeed, fail, renew, cancel
+``relay``              the relay: due retries, expired leases, stranded jobs
+``dead``               :mod:`worker.deadletter`: the dead row of a poison message
+``reads``              the CLI, the API and tests: get, list, attempts, counts
+``keys``               :mod:`worker.api.keys`: the API's keys
+``catalog``            workers declare their job types; producers read them
+=====================  ===================================================================
+
+:class:`Ledger` joins the parts into the one object a process holds (``app.ledger``), safe to
+share between the threads of a process. Replay and purge of dead jobs live with their
+audit trail in :mod:`worker.operations.dlq`.
+"""
+
+from __future__ import annotations
+
+from worker.errors import WORKER_LOST, Failure
+from worker.ledger.catalog import CatalogStore
+from worker.ledger.database import Database, NewJob, make_engine
+from worker.ledger.dead import DeadLetterStore
+from worker.ledger.jobs import Claim, JobPath
+from worker.ledger.keys import KeyStore
+from worker.ledger.reads import Reads
+from worker.ledger.relay import Publish, RelayQueries
+
+__all__ = [
+    "WORKER_LOST",
+    "Claim",
+    "Database",
+    "Failure",
+    "Ledger",
+    "NewJob",
+    "Publish",
+    "make_engine",
+]
+
+
+class Ledger(JobPath, RelayQueries, DeadLetterStore, Reads, KeyStore, CatalogStore):
+    """The ledger of one database: every read and write of its job tables."""

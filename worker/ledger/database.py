@@ -1,0 +1,148 @@
+"""The ledger's database: one pooled engine per process, and the sessions the rest use.
+
+Celery's prefork pool forks worker processes after start-up, so the engine is created
+lazily and re-created when the process id changes: a child never reuses its parent's
+connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.models import Job
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be written by a producer."""
+
+    id: str
+    task: str
+    queue: str
+    payload: dict[str, Any]
+    max_attempts: int
+    idempotency_key: str | None = None
+    priority: int | None = None
+    run_at: datetime | None = None
+    traceparent: str | None = None
+    """W3C trace context of the enqueue (:mod:`worker.observability.tracing`); None when off."""
+    tracestate: str | None = None
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout and ``BEGIN IMMEDIATE``, so concurrent writers queue, not fail."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """A pooled engine for ``url``; SQLite files get their parent folder created."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    # No pre-ping: it would add a round trip (and a transaction) to every checkout. A dead
+    # connection fails its statement instead, the pool discards it, and the message is
+    # retried (see worker.runtime.Postpone); pool_recycle retires idle connections.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+
+
+class Database:
+    """Engine, sessions and row helpers shared by every part of :class:`~worker.ledger.Ledger`."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine = make_engine(self.url, pool_size=self._pool_size)
+                    self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+                    self._pid = os.getpid()
+        return self._engine
+
+    def session(self) -> Session:
+        """A new session; the caller commits or rolls back."""
+        _ = self.engine
+        assert self._sessions is not None
+        return self._sessions()
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits on its own (PostgreSQL: no BEGIN)."""
+        engine = self.engine
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                yield connection
+        else:
+            with engine.begin() as connection:
+                yield connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with self.session() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @staticmethod
+    def _row(job: NewJob, now: datetime, **fields: Any) -> dict[str, Any]:
+        """Column values for a new row from ``job``; ``fields`` set its state and the rest."""
+        return {
+            "id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "max_attempts": job.max_attempts,
+            "idempotency_key": job.idempotency_key,
+            "payload": job.payload,
+            "priority": job.priority,
+            "traceparent": job.traceparent,
+            "tracestate": job.tracestate,
+            "created_at": now,
+            "updated_at": now,
+            **fields,
+        }
+
+    def _insert_into(self, table: Any) -> Any:
+        """An INSERT for ``table`` in this database's dialect (with ``ON CONFLICT``)."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def _insert(self) -> Any:
+        return self._insert_into(Job)

@@ -1,0 +1,285 @@
+"""The job's path through the ledger: create, claim, succeed, fail, renew, cancel.
+
+These run on every job (producers and workers), so each state change is one round trip
+where it can be: the claim is one autocommitted UPDATE, the success one UPDATE inside the
+job's own transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from worker.errors import Failure
+from worker.ledger.database import Database, NewJob
+from worker.models import Job, JobAttempt, JobState, JSONDocument, UTCDateTime, utcnow
+
+CLAIMABLE = (JobState.QUEUED, JobState.SCHEDULED)
+
+# The two statements on every job's path, built once: constructing SQLAlchemy statements
+# per call cost more CPU than the database round trips they make.
+_jobs = cast(Table, Job.__table__)
+_now = bindparam("b_now", type_=UTCDateTime())
+CLAIM = (
+    update(_jobs)
+    .where(
+        _jobs.c.id == bindparam("b_id"),
+        _jobs.c.state.in_([state.value for state in CLAIMABLE])
+        | ((_jobs.c.state == JobState.RUNNING.value) & (_jobs.c.lease_expires_at < _now)),
+    )
+    .values(
+        state=JobState.RUNNING.value,
+        attempts=_jobs.c.attempts + 1,
+        started_at=_now,
+        updated_at=_now,
+        lease_expires_at=bindparam("b_lease", type_=UTCDateTime()),
+        worker=bindparam("b_worker"),
+    )
+    .returning(_jobs.c.attempts, _jobs.c.idempotency_key)
+)
+SUCCEED = (
+    update(_jobs)
+    .where(
+        _jobs.c.id == bindparam("b_id"),
+        _jobs.c.state == JobState.RUNNING.value,
+        _jobs.c.attempts == bindparam("b_attempt"),
+    )
+    .values(
+        state=JobState.SUCCEEDED.value,
+        result=bindparam("b_result", type_=JSONDocument),
+        finished_at=_now,
+        updated_at=_now,
+        lease_expires_at=None,
+        error_type=None,
+        error_message=None,
+        error_traceback=None,
+    )
+    .returning(_jobs.c.id)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Outcome of trying to claim a job for one attempt.
+
+    ``attempt`` is set when the claim succeeded; otherwise ``state`` says why not and,
+    for a job another worker holds, ``busy_for_s`` says how long its lease still runs.
+    ``duplicate`` marks a foreign message whose idempotency key belongs to another job.
+    """
+
+    attempt: int | None
+    state: JobState
+    busy_for_s: float = 0.0
+    idempotency_key: str | None = None
+    duplicate: bool = False
+
+
+class JobPath(Database):
+    """Writes of producers and workers."""
+
+    def create(
+        self,
+        job: NewJob,
+        *,
+        window_s: float | None = None,
+        session: Session | None = None,
+    ) -> tuple[str, bool]:
+        """Write a new job; returns ``(id, created)``.
+
+        With an idempotency key that a job created within ``window_s`` already holds,
+        nothing is written and that job's id comes back with ``created=False``; a key
+        older than the window is taken from its old job and given to the new one. With
+        ``session``, the row is written in the caller's transaction (the outbox): it exists
+        only if the caller commits.
+        """
+        if session is not None:
+            return self._create(session, job, window_s)
+        with self.transaction() as own:
+            return self._create(own, job, window_s)
+
+    def _create(self, session: Session, job: NewJob, window_s: float | None) -> tuple[str, bool]:
+        now = utcnow()
+        statement = self._insert().values(
+            **self._row(
+                job,
+                now,
+                state=JobState.SCHEDULED if job.run_at else JobState.QUEUED,
+                attempts=0,
+                run_at=job.run_at,
+            )
+        )
+        if job.idempotency_key is None:
+            session.execute(statement)
+            return job.id, True
+        statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        inserted = session.execute(statement.returning(Job.id)).scalar_one_or_none()
+        if inserted is not None:
+            return inserted, True
+        holder = session.execute(
+            select(Job.id, Job.created_at).where(Job.idempotency_key == job.idempotency_key)
+        ).one()
+        if window_s is None or holder.created_at >= now - timedelta(seconds=window_s):
+            return holder.id, False
+        # The key's window has passed: it now names the new job.
+        session.execute(update(Job).where(Job.id == holder.id).values(idempotency_key=None))
+        session.execute(statement)
+        return job.id, True
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark a ``queued`` or ``scheduled`` job ``cancelled``; False if it was in neither."""
+        now = utcnow()
+        with self.transaction() as session:
+            cancelled = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(CLAIMABLE))
+                .values(state=JobState.CANCELLED, finished_at=now, updated_at=now, run_at=None)
+                .returning(Job.id)
+            ).scalar_one_or_none()
+        return cancelled is not None
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job that was never handed to the broker (a failed enqueue)."""
+        with self.transaction() as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+
+    def claim(
+        self,
+        job_id: str,
+        *,
+        lease_s: float,
+        worker: str,
+        foreign: NewJob,
+    ) -> Claim:
+        """Take the job for one attempt, if nobody else holds it and it is not finished.
+
+        One UPDATE in the common case. A job with no row (sent by a foreign producer)
+        is inserted from ``foreign`` and claimed in the same statement.
+        """
+        now = utcnow()
+        lease_expires = now + timedelta(seconds=lease_s)
+        params = {"b_id": job_id, "b_now": now, "b_lease": lease_expires, "b_worker": worker}
+        # One statement, committed on its own (one round trip on PostgreSQL).
+        with self.autocommit() as connection:
+            claimed = connection.execute(CLAIM, params).one_or_none()
+        if claimed is not None:
+            return Claim(claimed.attempts, JobState.RUNNING, 0.0, claimed.idempotency_key)
+        with self.transaction() as session:
+            row = session.execute(
+                select(Job.state, Job.lease_expires_at).where(Job.id == job_id)
+            ).one_or_none()
+            if row is None:
+                return self._claim_foreign(session, foreign, now, lease_expires, worker)
+            state, expires = JobState(row.state), row.lease_expires_at
+            busy_for_s = (expires - now).total_seconds() if expires is not None else 0.0
+            return Claim(None, state, max(busy_for_s, 0.0))
+
+    def _claim_foreign(
+        self, session: Session, job: NewJob, now: datetime, lease: datetime, worker: str
+    ) -> Claim:
+        statement = (
+            self._insert()
+            .values(
+                **self._row(
+                    job,
+                    now,
+                    state=JobState.RUNNING,
+                    attempts=1,
+                    started_at=now,
+                    lease_expires_at=lease,
+                    worker=worker,
+                )
+            )
+            .on_conflict_do_nothing()
+        )
+        inserted = session.execute(statement.returning(Job.id)).scalar_one_or_none()
+        if inserted is not None:
+            return Claim(1, JobState.RUNNING, 0.0, job.idempotency_key)
+        state = session.execute(select(Job.state).where(Job.id == job.id)).scalar_one_or_none()
+        if state is None:  # the idempotency key belongs to another job: a duplicate message
+            return Claim(None, JobState.CANCELLED, duplicate=True)
+        # Another worker inserted the row first: wait for its lease, then look again.
+        return Claim(None, JobState(state), lease_s_left(lease, now))
+
+    def succeed(self, session: Session, job_id: str, attempt: int, result: Any) -> bool:
+        """Mark the attempt succeeded inside ``session``'s transaction; the caller commits.
+
+        The ``attempts`` check fences out a worker whose lease was taken over: if it
+        returns False, the caller must roll back so the job's effects are discarded.
+        """
+        params = {"b_id": job_id, "b_attempt": attempt, "b_result": result, "b_now": utcnow()}
+        return session.execute(SUCCEED, params).first() is not None
+
+    def fail(
+        self,
+        job_id: str,
+        attempt: int,
+        failure: Failure,
+        *,
+        retry_in_s: float | None,
+        dead_reason: str | None = None,
+        ran: bool = True,
+    ) -> bool:
+        """Record a failed attempt: scheduled for a retry, or dead. Returns False if fenced.
+
+        ``ran=False`` is for a claim that found the attempts already used up by crashes:
+        the job is dead, and the claim is taken back rather than counted as an attempt.
+        """
+        now = utcnow()
+        if retry_in_s is not None:
+            state, run_at, finished = JobState.SCHEDULED, now + timedelta(seconds=retry_in_s), None
+        else:
+            state, run_at, finished = JobState.DEAD, None, now
+        with self.transaction() as session:
+            started = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+                .values(
+                    state=state,
+                    run_at=run_at,
+                    finished_at=finished,
+                    updated_at=now,
+                    lease_expires_at=None,
+                    error_type=failure.error_type,
+                    error_message=failure.message,
+                    error_traceback=failure.traceback,
+                    dead_reason=dead_reason,
+                    attempts=Job.attempts - (0 if ran else 1),
+                )
+                .returning(Job.started_at)
+            ).scalar_one_or_none()
+            if started is None:  # another worker took the job over: not ours to record
+                return False
+            if not ran:
+                return True
+            session.execute(
+                insert(JobAttempt).values(
+                    job_id=job_id,
+                    attempt=attempt,
+                    outcome=state,
+                    started_at=started,
+                    finished_at=now,
+                    delay_s=retry_in_s,
+                    error_type=failure.error_type,
+                    error_message=failure.message,
+                )
+            )
+        return True
+
+    def renew(self, running: dict[str, int], *, lease_s: float) -> None:
+        """Extend the leases of ``{job_id: attempt}`` still held by those attempts."""
+        expires = utcnow() + timedelta(seconds=lease_s)
+        with self.transaction() as session:
+            for job_id, attempt in running.items():
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+                    .values(lease_expires_at=expires)
+                )
+
+
+def lease_s_left(lease: datetime, now: datetime) -> float:
+    return max((lease - now).total_seconds(), 0.0)
