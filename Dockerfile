@@ -21,6 +21,8 @@ COPY pyproject.toml README.md* ./
 COPY config ./config
 COPY worker ./worker
 COPY tasks ./tasks
+# conveyor/ links to the three folders above: installed, everything is `conveyor.*`.
+COPY conveyor ./conveyor
 RUN pip install . \
     && rm -rf /src \
     && mkdir -p /app/var /data \

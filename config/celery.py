@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import BrokerKind, QueueType, Settings
+from conveyor.config.settings import BrokerKind, QueueType, Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "timezone": "UTC",
         # Poison messages (undecodable, unknown task, not JSON) are dead-lettered, not dropped.
-        "worker_consumer": "worker.poison:Consumer",
+        "worker_consumer": "conveyor.worker.poison:Consumer",
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }
@@ -57,7 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if kind is BrokerKind.REDIS:
         # One visibility timeout, set alike everywhere Celery reads it.
         # Garbage pushed onto a Redis list becomes a poison message, not a worker crash.
-        options["broker_transport"] = "worker.transports:RedisTransport"
+        options["broker_transport"] = "conveyor.worker.transports:RedisTransport"
         transport = {"visibility_timeout": settings.visibility_timeout_s}
         options["broker_transport_options"] = transport
         options["result_backend_transport_options"] = dict(transport)

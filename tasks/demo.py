@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from worker import Backoff, Fatal, JobContext, job
+from conveyor import Backoff, Fatal, JobContext, job
 
 DEMO_MAX_ATTEMPTS = 4
 

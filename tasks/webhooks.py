@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field, HttpUrl
 
-from worker import Backoff, Fatal, JobContext, RetryAfter, job
-from worker.errors import Retryable
+from conveyor import Backoff, Fatal, JobContext, RetryAfter, job
+from conveyor.worker.errors import Retryable
 
 USER_AGENT = "conveyor-webhooks/1"
 

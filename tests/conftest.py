@@ -23,11 +23,11 @@ from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from config import load_settings
+from conveyor.config import load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.migrate import upgrade
+from conveyor.worker.models import JobState
 from tests import jobs as test_jobs
-from worker.app import ConveyorApp, create_app
-from worker.migrate import upgrade
-from worker.models import JobState
 
 PG_ADMIN_URL = os.environ.get(
     "CONVEYOR_TEST_PG_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
@@ -132,7 +132,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run `conveyor ARGS...` as a real process and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "conveyor.worker.cli", *args],
         env=env,
         cwd=cwd or ROOT,
         capture_output=True,
@@ -156,7 +156,7 @@ class Processes:
     def start(self, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
         log = (self.tmp_path / f"{args[0]}-{len(self.started)}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "conveyor.worker.cli", *args],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -16,7 +16,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, Field
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
 
-from worker import Backoff, Fatal, JobContext, RetryAfter, job
+from conveyor import Backoff, Fatal, JobContext, RetryAfter, job
+from conveyor.tasks import demo, webhooks  # noqa: F401  (the reference jobs: tests use them too)
 
 metadata = MetaData()
 

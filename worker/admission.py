@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Final
 
-from worker.errors import PayloadInvalid, UsageError
+from conveyor.worker.errors import PayloadInvalid, UsageError
 
 if TYPE_CHECKING:
-    from worker.catalog import JobType
+    from conveyor.worker.catalog import JobType
 
 INT64_MAX: Final = 2**63 - 1
 

@@ -1,33 +1,35 @@
 """The Celery app, built in one place.
 
 :func:`create_app` reads nothing from the environment itself: it takes the settings,
-imports the task modules (every module under ``tasks/`` plus ``CONVEYOR_TASK_MODULES``)
-and turns each registered :class:`~worker.jobs.JobSpec` into a Celery task whose body is
+imports the task modules the deployment names (``CONVEYOR_TASK_MODULES``; the reference
+jobs of ``conveyor.tasks`` only when named there, see :data:`REFERENCE_JOBS`) and turns
+each registered :class:`~worker.jobs.JobSpec` into a Celery task whose body is
 :meth:`worker.runtime.Runtime.execute`. Building the app connects to nothing.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from typing import Any
 
 from celery import Celery, Task
 
-from config import Settings, celery_config
-from config.celery import retry_later, task_options
-from config.settings import BrokerKind
-from worker.deadletter import DeadLetters
-from worker.embedded import tune_embedded_transport
-from worker.errors import ConfigError
-from worker.jobs import REGISTRY, JobSpec
-from worker.ledger import Ledger
-from worker.observability.probes import ConsumingStep
-from worker.observability.tracing import init_tracing
-from worker.outcomes import Outcomes, default_observers
-from worker.runtime import Postpone, Runtime, delivery_from_request
+from conveyor.config import Settings, celery_config
+from conveyor.config.celery import retry_later, task_options
+from conveyor.config.settings import BrokerKind
+from conveyor.worker.deadletter import DeadLetters
+from conveyor.worker.embedded import tune_embedded_transport
+from conveyor.worker.errors import ConfigError
+from conveyor.worker.jobs import REGISTRY, JobSpec
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.observability.probes import ConsumingStep
+from conveyor.worker.observability.tracing import init_tracing
+from conveyor.worker.outcomes import Outcomes, default_observers
+from conveyor.worker.runtime import Postpone, Runtime, delivery_from_request
 
-BUILTIN_TASK_PACKAGE = "tasks"
+REFERENCE_JOBS = ("conveyor.tasks.demo", "conveyor.tasks.webhooks")
+"""The reference jobs shipped with Conveyor: imported only where a deployment (or
+``conveyor demo``) names them in ``CONVEYOR_TASK_MODULES``."""
 
 
 class ConveyorApp(Celery):  # type: ignore[misc]
@@ -41,14 +43,8 @@ class ConveyorApp(Celery):  # type: ignore[misc]
 
 
 def import_task_modules(settings: Settings) -> list[str]:
-    """Import the built-in task modules and the deployment's own; returns their names."""
-    package = importlib.import_module(BUILTIN_TASK_PACKAGE)
-    names = [
-        f"{BUILTIN_TASK_PACKAGE}.{info.name}"
-        for info in pkgutil.iter_modules(package.__path__)
-        if not info.name.startswith("_")
-    ]
-    names += [name for name in settings.task_modules if name not in names]
+    """Import the deployment's task modules (``CONVEYOR_TASK_MODULES``); returns their names."""
+    names = list(dict.fromkeys(settings.task_modules))
     for name in names:
         try:
             importlib.import_module(name)

@@ -20,11 +20,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.settings import package_version
-from worker.errors import PayloadInvalid, UnknownTask
-from worker.jobs import REGISTRY, JobSpec
-from worker.ledger import Ledger
-from worker.models import DeclaredJob, utcnow
+from conveyor.config.settings import package_version
+from conveyor.worker.errors import PayloadInvalid, UnknownTask
+from conveyor.worker.jobs import REGISTRY, JobSpec
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.models import DeclaredJob, utcnow
 
 CACHE_S = 10.0
 """How long a process trusts what it read from the catalog."""

@@ -4,7 +4,7 @@ Conveyor's own commands build the app with :func:`worker.app.create_app`; this m
 exists for Celery's CLI, which wants a module attribute named ``app``.
 """
 
-from config import load_settings
-from worker.app import create_app
+from conveyor.config import load_settings
+from conveyor.worker.app import create_app
 
 app = create_app(load_settings())

@@ -15,16 +15,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from config import load_settings
-from worker.admission import check_key_reuse, check_payload
-from worker.app import ConveyorApp, create_app
-from worker.catalog import job_type
-from worker.errors import EnqueueError, JobNotFound, UsageError
-from worker.ledger import NewJob
-from worker.models import Job, utcnow
-from worker.observability.tracing import job_trace_context, traced_enqueue
-from worker.outcomes import Event, JobEvent
-from worker.publish import publish
+from conveyor.config import load_settings
+from conveyor.worker.admission import check_key_reuse, check_payload
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.catalog import job_type
+from conveyor.worker.errors import EnqueueError, JobNotFound, UsageError
+from conveyor.worker.ledger import NewJob
+from conveyor.worker.models import Job, utcnow
+from conveyor.worker.observability.tracing import job_trace_context, traced_enqueue
+from conveyor.worker.outcomes import Event, JobEvent
+from conveyor.worker.publish import publish
 
 
 @cache

@@ -36,11 +36,11 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 from sqlalchemy.exc import DataError
 
-from worker.constants import DeadReason, dead_letter_queue
-from worker.errors import Failure
-from worker.ledger import Ledger, NewJob
-from worker.models import utcnow
-from worker.outcomes import Event, JobEvent, Outcomes
+from conveyor.worker.constants import DeadReason, dead_letter_queue
+from conveyor.worker.errors import Failure
+from conveyor.worker.ledger import Ledger, NewJob
+from conveyor.worker.models import utcnow
+from conveyor.worker.outcomes import Event, JobEvent, Outcomes
 
 log = logging.getLogger("conveyor.deadletter")
 

@@ -24,11 +24,11 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import select
 
-from config import Settings
-from worker.app import ConveyorApp
-from worker.client import enqueue
-from worker.constants import DeadReason
-from worker.models import TERMINAL_STATES, Job, JobState
+from conveyor.config import Settings
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.models import TERMINAL_STATES, Job, JobState
 
 STOP_TIMEOUT_S = 20.0
 
@@ -50,13 +50,22 @@ def job_mix(count: int, seed: int) -> list[dict[str, Any]]:
     return payloads
 
 
+DEMO_JOBS = "conveyor.tasks.demo"
+
+
+def with_demo_jobs(modules: str | None) -> str:
+    """``CONVEYOR_TASK_MODULES`` with the demo's job module added (once)."""
+    names = [name.strip() for name in (modules or "").split(",") if name.strip()]
+    return ",".join(dict.fromkeys([*names, DEMO_JOBS]))
+
+
 def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """A real ``conveyor ARGS`` process with this process's settings, logging to ``log_path``
     so that the live table stays readable."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "conveyor.worker.cli", *args],
             env=dict(os.environ),
             stdout=log_file,
             stderr=log_file,

@@ -12,9 +12,9 @@ import traceback
 from dataclasses import dataclass
 
 # The root of the hierarchy sits in the bottom layer, so that `config` imports nothing from here.
-from config.errors import ConfigError as ConfigError
-from config.errors import ConveyorError as ConveyorError
-from config.errors import UsageError as UsageError
+from conveyor.config.errors import ConfigError as ConfigError
+from conveyor.config.errors import ConveyorError as ConveyorError
+from conveyor.config.errors import UsageError as UsageError
 
 # -- raised inside jobs -------------------------------------------------------------------------
 

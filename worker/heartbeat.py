@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from worker.ledger import Ledger
+from conveyor.worker.ledger import Ledger
 
 log = logging.getLogger("conveyor.heartbeat")
 

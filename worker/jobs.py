@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from worker.errors import PayloadInvalid, UnknownTask
-from worker.policy import Backoff, RetryPolicy
+from conveyor.worker.errors import PayloadInvalid, UnknownTask
+from conveyor.worker.policy import Backoff, RetryPolicy
 
 DEFAULT_TIMEOUT_S = 300.0
 

@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from worker.ledger import make_engine
+from conveyor.worker.ledger import make_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

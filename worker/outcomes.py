@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from worker.constants import DeadReason
-from worker.errors import Failure
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.errors import Failure
 
 log = logging.getLogger("conveyor.outcomes")
 
@@ -114,9 +114,9 @@ class Outcomes:
 
 def default_observers(*, broker: str) -> list[Observer]:
     """The platform's observers, in order. ``broker`` tags Sentry events."""
-    from worker.observability.logs import observe as log_event
-    from worker.observability.metrics import observe as count_event
-    from worker.observability.sentry import SentryObserver
-    from worker.observability.tracing import observe as trace_event
+    from conveyor.worker.observability.logs import observe as log_event
+    from conveyor.worker.observability.metrics import observe as count_event
+    from conveyor.worker.observability.sentry import SentryObserver
+    from conveyor.worker.observability.tracing import observe as trace_event
 
     return [count_event, log_event, trace_event, SentryObserver(broker=broker)]

@@ -29,11 +29,11 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import ContentDisallowed
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.constants import DeadReason
-from worker.deadletter import Letter, raw_body
-from worker.errors import PoisonMessage, failure_of
-from worker.observability.logs import job_fields
-from worker.transports import POISON_CONTENT_TYPE
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.deadletter import Letter, raw_body
+from conveyor.worker.errors import PoisonMessage, failure_of
+from conveyor.worker.observability.logs import job_fields
+from conveyor.worker.transports import POISON_CONTENT_TYPE
 
 log = logging.getLogger("conveyor.poison")
 

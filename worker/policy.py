@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from worker.constants import DeadReason
-from worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
 
 RandomSource = Callable[[], float]
 """Returns a float in [0, 1); ``random.random`` in production, a constant in tests."""

@@ -23,14 +23,14 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from config.settings import BrokerKind
-from worker.constants import IDEMPOTENCY_HEADER
-from worker.errors import EnqueueError
-from worker.models import Job
-from worker.observability.tracing import relay_span
+from conveyor.config.settings import BrokerKind
+from conveyor.worker.constants import IDEMPOTENCY_HEADER
+from conveyor.worker.errors import EnqueueError
+from conveyor.worker.models import Job
+from conveyor.worker.observability.tracing import relay_span
 
 if TYPE_CHECKING:
-    from worker.app import ConveyorApp
+    from conveyor.worker.app import ConveyorApp
 
 log = logging.getLogger("conveyor.publish")
 

@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.app import ConveyorApp
-from worker.constants import RELAY_BATCH, RELAY_POLL_S
-from worker.models import Job
-from worker.observability.probes import Liveness
-from worker.outcomes import Event, JobEvent
-from worker.publish import publish_row
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.constants import RELAY_BATCH, RELAY_POLL_S
+from conveyor.worker.models import Job
+from conveyor.worker.observability.probes import Liveness
+from conveyor.worker.outcomes import Event, JobEvent
+from conveyor.worker.publish import publish_row
 
 log = logging.getLogger("conveyor.relay")
 

@@ -56,16 +56,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, LEASE_S, DeadReason
-from worker.deadletter import DeadLetters, Letter
-from worker.errors import WORKER_LOST, Failure, Fatal, PayloadInvalid, failure_of
-from worker.heartbeat import Heartbeat
-from worker.jobs import JobContext, JobSpec
-from worker.ledger import Claim, Ledger, NewJob
-from worker.observability.logs import job_fields
-from worker.observability.tracing import job_trace_context
-from worker.outcomes import Event, JobEvent, Outcomes
-from worker.policy import DeadLetter, decide
+from conveyor.worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, LEASE_S, DeadReason
+from conveyor.worker.deadletter import DeadLetters, Letter
+from conveyor.worker.errors import WORKER_LOST, Failure, Fatal, PayloadInvalid, failure_of
+from conveyor.worker.heartbeat import Heartbeat
+from conveyor.worker.jobs import JobContext, JobSpec
+from conveyor.worker.ledger import Claim, Ledger, NewJob
+from conveyor.worker.observability.logs import job_fields
+from conveyor.worker.observability.tracing import job_trace_context
+from conveyor.worker.outcomes import Event, JobEvent, Outcomes
+from conveyor.worker.policy import DeadLetter, decide
 
 log = logging.getLogger("conveyor.runtime")
 

@@ -7,9 +7,9 @@ import logging
 from sqlalchemy.exc import OperationalError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from config import Settings
-from worker.errors import UsageError
-from worker.migrate import current_revision, head_revision, upgrade
+from conveyor.config import Settings
+from conveyor.worker.errors import UsageError
+from conveyor.worker.migrate import current_revision, head_revision, upgrade
 
 log = logging.getLogger("conveyor.schema")
 

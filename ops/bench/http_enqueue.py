@@ -96,7 +96,11 @@ def database() -> Iterator[str]:
 
 def conveyor(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(
-        [PYTHON, "-m", "worker.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True
+        [PYTHON, "-m", "conveyor.worker.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise SystemExit(f"conveyor {' '.join(args)} failed: {done.stderr.strip()}")
@@ -116,7 +120,7 @@ def api_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
     port = free_port()
     with log_path.open("wb") as output:
         server = subprocess.Popen(
-            [PYTHON, "-m", "worker.cli", "api", "--port", str(port), "--no-access-log"],
+            [PYTHON, "-m", "conveyor.worker.cli", "api", "--port", str(port), "--no-access-log"],
             env=env,
             cwd=ROOT,
             stdout=output,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import JobContext, job
+from conveyor import JobContext, job
 
 
 @job(name="bench.noop")

@@ -38,7 +38,7 @@ def make_app(broker_url: str, *, conveyor_options: bool = False) -> Celery:
         task_ignore_result=True,
     )
     if conveyor_options:
-        from config import celery_config, load_settings
+        from conveyor.config import celery_config, load_settings
 
         options = celery_config(load_settings(broker_url=broker_url))
         options.pop("worker_consumer")  # needs Conveyor's ledger; poison handling is off

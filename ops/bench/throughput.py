@@ -8,7 +8,7 @@ For each broker (Redis, RabbitMQ), on the same machine and in one run:
    counts itself in Redis and records the time of the first and of the last job.
 2. **Conveyor** (``ops/bench/jobs.py``): a fresh PostgreSQL ledger ``bench_<random>``,
    ``conveyor migrate``, N jobs through the real producer path
-   (``worker.client.enqueue``: ledger row, then publish; timed), then
+   (``conveyor.enqueue``: ledger row, then publish; timed), then
    ``conveyor worker -c 2``; done when the ledger counts N ``succeeded`` rows. The first
    and last ``finished_at`` in the ledger give the same two instants as above.
 
@@ -536,9 +536,9 @@ def run_conveyor(
     micro: Callable[[Any], dict[str, Any]] | None = None,
 ) -> VariantResult:
     """Drain ``jobs`` through Conveyor on a migrated, empty ledger ``database``."""
-    from config import load_settings
-    from worker.app import create_app
-    from worker.client import enqueue
+    from conveyor.config import load_settings
+    from conveyor.worker.app import create_app
+    from conveyor.worker.client import enqueue
 
     broker_url = BROKERS[broker]
     queue = f"bench-{uuid.uuid4().hex[:8]}-conveyor"
@@ -551,7 +551,7 @@ def run_conveyor(
         [
             PYTHON,
             "-m",
-            "worker.cli",
+            "conveyor.worker.cli",
             "worker",
             "-Q",
             queue,
@@ -659,7 +659,7 @@ def run_conveyor(
 def migrate(broker_url: str, database: str) -> None:
     """``conveyor migrate`` on ``database``, as an operator runs it."""
     done = subprocess.run(
-        [PYTHON, "-m", "worker.cli", "migrate"],
+        [PYTHON, "-m", "conveyor.worker.cli", "migrate"],
         cwd=ROOT,
         env=conveyor_env(broker_url, database),
         capture_output=True,
@@ -681,10 +681,10 @@ def ledger_micro(app: Any, rows: int = MICRO_ROWS) -> dict[str, Any]:
     the worker's two writes, and ``execute`` the whole attempt as the worker runs it
     (claim, lease heartbeat, run the no-op inside ``ctx.session``, succeed, commit).
     """
-    from worker.constants import LEASE_S
-    from worker.jobs import spec_for
-    from worker.ledger import Ledger, NewJob
-    from worker.runtime import Delivery
+    from conveyor.worker.constants import LEASE_S
+    from conveyor.worker.jobs import spec_for
+    from conveyor.worker.ledger import Ledger, NewJob
+    from conveyor.worker.runtime import Delivery
 
     ledger = app.ledger
     spec = spec_for(TASK)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from conveyor.worker.chaos.scenarios import SCENARIOS
 from tests.conftest import AMQP_URL, PG_ADMIN_URL, run_cli
-from worker.chaos.scenarios import SCENARIOS
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 

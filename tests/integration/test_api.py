@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from conveyor.worker.api.auth import KEY_CACHE_TTL_S
 from tests.conftest import (
     REDIS_URL,
     Processes,
@@ -31,7 +32,6 @@ from tests.integration.test_api_harness import (
     serve,
     start_api,
 )
-from worker.api.auth import KEY_CACHE_TTL_S
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from tests.integration.test_api_harness import Api, api_env, assert_problem, del
 
 pytestmark = pytest.mark.integration
 
-FATAL = "worker.errors.Fatal"
+FATAL = "conveyor.worker.errors.Fatal"
 
 
 @pytest.fixture(scope="module")

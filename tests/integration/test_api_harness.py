@@ -21,8 +21,8 @@ import httpx
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from conveyor.worker.deadletter import dead_letter_destination
 from tests.conftest import TEST_JOBS, Processes, run_cli
-from worker.deadletter import dead_letter_destination
 
 PROBLEM_JSON = "application/problem+json"
 STARTUP_TIMEOUT_S = 30.0

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 import schemathesis
 
+from conveyor.worker.migrate import upgrade
 from tests.conftest import REDIS_URL, create_database, drop_database
 from tests.integration.test_api_harness import Api, api_env, delete_queues, serve
-from worker.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ import httpx
 import psycopg
 import pytest
 
+from conveyor.worker.migrate import upgrade
 from tests.conftest import create_database, drop_database
 from tests.integration.test_api_harness import (
     Api,
@@ -26,7 +27,6 @@ from tests.integration.test_api_harness import (
     free_port,
     serve,
 )
-from worker.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 

@@ -9,19 +9,19 @@ from typing import Any
 
 import pytest
 
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue
+from conveyor.worker.errors import PayloadInvalid
+from conveyor.worker.models import JobState
 from tests.conftest import ROOT, WorkerFactory, run_cli, state_of, wait_for
-from worker.app import ConveyorApp
-from worker.client import enqueue
-from worker.errors import PayloadInvalid
-from worker.models import JobState
 
 pytestmark = pytest.mark.integration
 
 PRODUCER = """
 import json, sys
-from worker.client import enqueue
-from worker.errors import PayloadInvalid, UnknownTask
-from worker.jobs import REGISTRY
+from conveyor.worker.client import enqueue
+from conveyor.worker.errors import PayloadInvalid, UnknownTask
+from conveyor.worker.jobs import REGISTRY
 
 queue = sys.argv[1]
 out = {"imported": "test.typed" in REGISTRY}

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    return {**env, "CONVEYOR_DATA_DIR": str(tmp_path / "var")}
+    # The reference jobs load only when named.
+    jobs = "conveyor.tasks.demo,conveyor.tasks.webhooks"
+    return {**env, "CONVEYOR_DATA_DIR": str(tmp_path / "var"), "CONVEYOR_TASK_MODULES": jobs}
 
 
 def test_jobs_policy_prints_the_schedule_a_job_follows(clean_env: dict[str, str]) -> None:
@@ -39,3 +41,11 @@ def test_jobs_policy_as_a_table(clean_env: dict[str, str]) -> None:
     assert "webhooks.deliver: 8 attempts" in result.stdout
     # Waits of up to 5, 10, 20, 40, 80, 160 and 320 s: 635 s at most before dead.
     assert "at most 635s" in result.stdout
+
+
+def test_the_reference_jobs_load_only_when_named(clean_env: dict[str, str]) -> None:
+    bare = {k: v for k, v in clean_env.items() if k != "CONVEYOR_TASK_MODULES"}
+    result = run_cli("jobs", "policy", "demo.work", env=bare)
+    assert result.returncode == 1
+    assert "unknown task 'demo.work'" in result.stderr
+    assert "known: none" in result.stderr  # nor the chaos harness's job type

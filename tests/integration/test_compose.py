@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from config import load_settings
-from config.settings import BrokerKind
+from conveyor.config import load_settings
+from conveyor.config.settings import BrokerKind
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +262,7 @@ def test_flower_refuses_to_start_without_a_password(
     env = {key: str(value) for key, value in flower["environment"].items() if value is not None}
     env |= {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", *as_list(flower["command"])],
+        [sys.executable, "-m", "conveyor.worker.cli", *as_list(flower["command"])],
         cwd=tmp_path,  # no stray .env file
         env=env,
         capture_output=True,
@@ -341,7 +341,7 @@ def test_every_conveyor_subcommand_in_the_stack_exists(
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONVEYOR_")}
     for command in sorted(commands):
         result = subprocess.run(
-            [sys.executable, "-m", "worker.cli", command, "--help"],
+            [sys.executable, "-m", "conveyor.worker.cli", command, "--help"],
             cwd=ROOT,
             env=env,
             capture_output=True,

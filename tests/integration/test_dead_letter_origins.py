@@ -17,6 +17,18 @@ import pytest
 from celery import Celery
 from psycopg import sql
 
+from conveyor.worker.admission import IdempotencyConflict
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.deadletter import Letter
+from conveyor.worker.errors import Failure, PayloadInvalid, UnknownTask
+from conveyor.worker.jobs import REGISTRY
+from conveyor.worker.ledger import NewJob
+from conveyor.worker.models import JobState
+from conveyor.worker.operations.dlq import DeadFilter, list_dead
+from conveyor.worker.outcomes import Event, JobEvent
+from conveyor.worker.runtime import Delivery
 from tests.conftest import (
     REDIS_URL,
     ProcessFactory,
@@ -32,18 +44,6 @@ from tests.integration.test_dead_letters import (
     new_gate,
     publish_garbage,
 )
-from worker.admission import IdempotencyConflict
-from worker.app import ConveyorApp
-from worker.client import enqueue
-from worker.constants import DeadReason
-from worker.deadletter import Letter
-from worker.errors import Failure, PayloadInvalid, UnknownTask
-from worker.jobs import REGISTRY
-from worker.ledger import NewJob
-from worker.models import JobState
-from worker.operations.dlq import DeadFilter, list_dead
-from worker.outcomes import Event, JobEvent
-from worker.runtime import Delivery
 
 pytestmark = pytest.mark.integration
 
@@ -101,8 +101,8 @@ def test_every_origin_leaves_the_same_record_in_the_ledger_and_on_the_dead_queue
         by_reason_filter = DeadFilter(queue=queue, reason=DeadReason(reason))
         assert [job.id for job in list_dead(app, by_reason_filter)] == [row["id"]]
     assert by_reason["exhausted"]["error_type"] == "builtins.RuntimeError"
-    assert by_reason["fatal"]["error_type"] == "worker.errors.Fatal"
-    assert by_reason["invalid_payload"]["error_type"] == "worker.errors.PayloadInvalid"
+    assert by_reason["fatal"]["error_type"] == "conveyor.worker.errors.Fatal"
+    assert by_reason["invalid_payload"]["error_type"] == "conveyor.worker.errors.PayloadInvalid"
     assert on_broker["invalid_message"]["body"]["message"]["id"] == "x" * 100
     assert (by_reason["exhausted"]["attempts"], by_reason["fatal"]["attempts"]) == (2, 1)
 

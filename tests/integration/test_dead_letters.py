@@ -11,6 +11,10 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Producer, Queue
 
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.deadletter import JOB_ID_HEADER, REASON_HEADER, dead_letter_destination
+from conveyor.worker.models import JobState
 from tests.conftest import (
     REDIS_URL,
     ProcessFactory,
@@ -20,10 +24,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.jobs import counters
-from worker.app import ConveyorApp
-from worker.client import enqueue, get_job
-from worker.deadletter import JOB_ID_HEADER, REASON_HEADER, dead_letter_destination
-from worker.models import JobState
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     assert {m["headers"][REASON_HEADER] for m in messages} == set(by_reason)
     invalid_letter = next(m for m in messages if m["headers"][JOB_ID_HEADER] == invalid)
     assert invalid_letter["body"]["payload"] == {"n": -1}
-    assert invalid_letter["body"]["error_type"] == "worker.errors.PayloadInvalid"
+    assert invalid_letter["body"]["error_type"] == "conveyor.worker.errors.PayloadInvalid"
     assert worker.poll() is None  # the worker never crashed
     foreign.close()
 

@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from config import load_settings
+from conveyor.config import load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.client import enqueue
+from conveyor.worker.constants import dead_letter_queue
+from conveyor.worker.models import JobState
 from tests.conftest import BROKERS, TEST_JOBS, Processes, run_cli, state_of, wait_for
-from worker.app import ConveyorApp, create_app
-from worker.client import enqueue
-from worker.constants import dead_letter_queue
-from worker.models import JobState
 
 pytestmark = pytest.mark.integration
 

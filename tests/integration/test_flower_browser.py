@@ -19,10 +19,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from conveyor.worker.client import enqueue
+from conveyor.worker.models import JobState
 from tests.conftest import ROOT, state_of, wait_for
 from tests.integration.test_flower import PASSWORD, USER, FlowerStack, flower_stack
-from worker.client import enqueue
-from worker.models import JobState
 
 pytestmark = pytest.mark.integration
 

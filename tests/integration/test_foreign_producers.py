@@ -16,7 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from config import load_settings
+from conveyor.config import load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.client import get_job
+from conveyor.worker.models import JobState
 from tests.conftest import (
     REDIS_URL,
     ROOT,
@@ -26,9 +29,6 @@ from tests.conftest import (
     state_of,
     wait_for,
 )
-from worker.app import ConveyorApp, create_app
-from worker.client import get_job
-from worker.models import JobState
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def test_flower_send_task_runs_and_is_tracked(
     port = free_port()
     flower = subprocess.Popen(
         [
-            *("celery", "-A", "worker.celery_app", "flower", f"--port={port}"),
+            *("celery", "-A", "conveyor.worker.celery_app", "flower", f"--port={port}"),
             *("--address=127.0.0.1", "--basic-auth=ops:secret"),
         ],
         env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"},

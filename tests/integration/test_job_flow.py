@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from celery import Celery
 
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.policy import delay_ceiling_s
 from tests.conftest import ProcessFactory, WorkerFactory, run_cli, terminal, wait_for
-from worker.app import ConveyorApp
-from worker.client import enqueue, get_job
-from worker.policy import delay_ceiling_s
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +73,8 @@ def test_transient_failures_retry_within_the_policy_then_succeed(
     start_worker: WorkerFactory,
     start_relay: ProcessFactory,
 ) -> None:
-    from tasks.demo import work  # noqa: F401  (registers demo.work)
-    from worker.jobs import spec_for
+    from conveyor.tasks.demo import work  # noqa: F401  (registers demo.work)
+    from conveyor.worker.jobs import spec_for
 
     policy = spec_for("demo.work").policy
     start_worker(env, queue)
@@ -88,7 +88,7 @@ def test_transient_failures_retry_within_the_policy_then_succeed(
     failed = app.ledger.attempts(job_id)
     assert [a.attempt for a in failed] == [1, 2]
     assert all(a.outcome == "scheduled" for a in failed)
-    assert all(a.error_type == "tasks.demo.TransientError" for a in failed)
+    assert all(a.error_type == "conveyor.tasks.demo.TransientError" for a in failed)
     # Each retry waited within the policy's bounds, measured by the ledger's timestamps.
     starts = [a.started_at for a in failed] + [job.started_at]
     for previous, next_start in zip(failed, starts[1:], strict=True):
@@ -115,7 +115,7 @@ def test_exhausted_and_fatal_jobs_end_dead_with_their_error(
 
     job = get_job(exhausted, app=app)
     assert (job.attempts, job.dead_reason) == (4, "exhausted")
-    assert job.error_type == "tasks.demo.TransientError"
+    assert job.error_type == "conveyor.tasks.demo.TransientError"
     assert job.error_traceback is not None
     assert "TransientError" in job.error_traceback
     assert [a.outcome for a in app.ledger.attempts(exhausted)] == [
@@ -126,7 +126,7 @@ def test_exhausted_and_fatal_jobs_end_dead_with_their_error(
     ]
     job = get_job(fatal, app=app)
     assert (job.attempts, job.dead_reason) == (1, "fatal")
-    assert job.error_type == "worker.errors.Fatal"
+    assert job.error_type == "conveyor.worker.errors.Fatal"
     assert "cannot succeed" in (job.error_message or "")
 
 

@@ -18,6 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.chaos.proxy import FaultProxy
+from conveyor.worker.client import enqueue
+from conveyor.worker.models import Job, JobAttempt
 from tests.conftest import (
     Processes,
     Samples,
@@ -29,10 +33,6 @@ from tests.conftest import (
 )
 from tests.integration.test_api_harness import free_port
 from tests.jobs import counters
-from worker.app import ConveyorApp
-from worker.chaos.proxy import FaultProxy
-from worker.client import enqueue
-from worker.models import Job, JobAttempt
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

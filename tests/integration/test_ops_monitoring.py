@@ -24,10 +24,10 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-import worker.observability.metrics
-from worker.ledger import Ledger
-from worker.models import Base, Job, JobState
-from worker.observability.metrics import MULTIPROC_ENV, registry_for_scrape
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.models import Base, Job, JobState
+from conveyor.worker.observability import metrics
+from conveyor.worker.observability.metrics import MULTIPROC_ENV, registry_for_scrape
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,7 @@ def conveyor_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[
     their labels show; counters and histograms are read from the metrics module's collectors.
     """
     labels: dict[str, set[str]] = {}
-    for collector in vars(worker.observability.metrics).values():
+    for collector in vars(metrics).values():
         if isinstance(collector, MetricWrapperBase):
             # prometheus_client has no public accessor for a collector's labels.
             names = set(collector._labelnames)

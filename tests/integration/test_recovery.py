@@ -21,7 +21,10 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from config import load_settings
+from conveyor.config import load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.ledger import WORKER_LOST
 from tests.conftest import (
     ROOT,
     TEST_JOBS,
@@ -34,9 +37,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.jobs import counters, effects
-from worker.app import ConveyorApp, create_app
-from worker.client import enqueue, get_job
-from worker.ledger import WORKER_LOST
 
 pytestmark = pytest.mark.integration
 

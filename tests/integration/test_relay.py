@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.models import JobState
+from conveyor.worker.relay import Relay
 from tests.conftest import Processes, ProcessFactory, WorkerFactory, run_cli, wait_for
-from worker.app import ConveyorApp
-from worker.client import enqueue, get_job
-from worker.models import JobState
-from worker.relay import Relay
 
 pytestmark = pytest.mark.integration
 

@@ -24,6 +24,9 @@ import psycopg
 import pytest
 from celery import Celery
 
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.migrate import upgrade
 from tests.conftest import (
     REDIS_URL,
     Processes,
@@ -34,9 +37,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.integration.test_api_harness import api_env, assert_problem, create_key, start_api
-from worker.app import ConveyorApp
-from worker.client import enqueue, get_job
-from worker.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 

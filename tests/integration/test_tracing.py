@@ -29,7 +29,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from config import load_settings
+from conveyor.config import load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.observability.tracing import flush_tracing, shutdown_tracing
 from tests.conftest import (
     REDIS_URL,
     ROOT,
@@ -40,9 +43,6 @@ from tests.conftest import (
     wait_for,
 )
 from tests.integration.test_api_harness import start_api
-from worker.app import ConveyorApp, create_app
-from worker.client import enqueue, get_job
-from worker.observability.tracing import flush_tracing, shutdown_tracing
 
 pytestmark = pytest.mark.integration
 
@@ -380,9 +380,9 @@ NO_TRACING_PROBE = """
 import json, sys, threading
 TRACING_MODULES = json.loads(sys.argv[2])
 from opentelemetry import trace
-from config import load_settings
-from worker.app import create_app
-from worker.client import enqueue
+from conveyor.config import load_settings
+from conveyor.worker.app import create_app
+from conveyor.worker.client import enqueue
 
 app = create_app(load_settings())
 job_id = enqueue("demo.work", {"n": 1}, queue=sys.argv[1], app=app)
@@ -431,7 +431,7 @@ def test_tracing_is_off_without_an_endpoint(
 def test_current_trace_id_is_the_active_span_s() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from worker.observability.tracing import current_trace_id
+    from conveyor.worker.observability.tracing import current_trace_id
 
     assert current_trace_id() is None
     with TracerProvider().get_tracer("test").start_as_current_span("outer") as span:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.chaos.plan import CHAOS_MAX_ATTEMPTS, Mix, fails, max_delay_s, plan_jobs
+from conveyor.worker.chaos.plan import CHAOS_MAX_ATTEMPTS, Mix, fails, max_delay_s, plan_jobs
 
 pytestmark = pytest.mark.unit
 

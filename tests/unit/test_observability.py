@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from config.settings import LogFormat
+from conveyor.config.settings import LogFormat
+from conveyor.worker.ledger import Ledger, NewJob
+from conveyor.worker.migrate import upgrade
+from conveyor.worker.models import utcnow
+from conveyor.worker.observability.logs import configure_logging, job_fields
+from conveyor.worker.observability.metrics import LedgerCollector
+from conveyor.worker.observability.probes import Liveness, ProbeServer, is_loopback
 from tests.conftest import metric_samples
-from worker.ledger import Ledger, NewJob
-from worker.migrate import upgrade
-from worker.models import utcnow
-from worker.observability.logs import configure_logging, job_fields
-from worker.observability.metrics import LedgerCollector
-from worker.observability.probes import Liveness, ProbeServer, is_loopback
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
-from worker.policy import (
+from conveyor.worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
+from conveyor.worker.policy import (
     Backoff,
     DeadLetter,
     RandomSource,

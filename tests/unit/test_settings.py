@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from config.celery import celery_config
-from config.settings import BrokerKind, QueueType, load_settings
-from worker.errors import ConfigError
+from conveyor.config.celery import celery_config
+from conveyor.config.settings import BrokerKind, QueueType, load_settings
+from conveyor.worker.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.webhooks import USER_AGENT, ReceiverUnavailable, Webhook, deliver, retry_after_s
-from worker.errors import Fatal, Retryable, RetryAfter
-from worker.jobs import JobContext, spec_for
-from worker.policy import DeadLetter, Retry, decide
+from conveyor.tasks.webhooks import USER_AGENT, ReceiverUnavailable, Webhook, deliver, retry_after_s
+from conveyor.worker.errors import Fatal, Retryable, RetryAfter
+from conveyor.worker.jobs import JobContext, spec_for
+from conveyor.worker.policy import DeadLetter, Retry, decide
 
 pytestmark = pytest.mark.unit
 

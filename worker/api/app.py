@@ -19,18 +19,18 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from config.settings import package_version
-from worker.api.auth import Authenticator
-from worker.api.body import BodyLimit
-from worker.api.catalog import catalog_router
-from worker.api.dead_letters import dead_letters_router
-from worker.api.health import health_router, metrics_router
-from worker.api.jobs import jobs_router
-from worker.api.problems import CatchAll, Problem, install_handlers
-from worker.api.queues import queues_router
-from worker.api.ratelimit import RateLimiter
-from worker.api.schemas import DeadLetterSelection, JobCreate, ReplaySelection
-from worker.app import ConveyorApp
+from conveyor.config.settings import package_version
+from conveyor.worker.api.auth import Authenticator
+from conveyor.worker.api.body import BodyLimit
+from conveyor.worker.api.catalog import catalog_router
+from conveyor.worker.api.dead_letters import dead_letters_router
+from conveyor.worker.api.health import health_router, metrics_router
+from conveyor.worker.api.jobs import jobs_router
+from conveyor.worker.api.problems import CatchAll, Problem, install_handlers
+from conveyor.worker.api.queues import queues_router
+from conveyor.worker.api.ratelimit import RateLimiter
+from conveyor.worker.api.schemas import DeadLetterSelection, JobCreate, ReplaySelection
+from conveyor.worker.app import ConveyorApp
 
 DESCRIPTION = """\
 Hand jobs to Conveyor over HTTP, follow them, and triage dead letters.

@@ -20,10 +20,10 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from worker.api.keys import Principal, Scope, check_token, hash_token
-from worker.api.problems import ProblemError
-from worker.api.ratelimit import RateLimiter, retry_after_header
-from worker.ledger import Ledger
+from conveyor.worker.api.keys import Principal, Scope, check_token, hash_token
+from conveyor.worker.api.problems import ProblemError
+from conveyor.worker.api.ratelimit import RateLimiter, retry_after_header
+from conveyor.worker.ledger import Ledger
 
 KEY_CACHE_TTL_S: Final = 2.0
 """How long a valid key is trusted without looking at the ledger again."""

@@ -17,7 +17,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.api.problems import ProblemError, invalid_request, problem_response
+from conveyor.worker.api.problems import ProblemError, invalid_request, problem_response
 
 M = TypeVar("M", bound=BaseModel)
 

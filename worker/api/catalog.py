@@ -4,12 +4,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from worker.api.auth import Authenticator
-from worker.api.keys import Principal, Scope
-from worker.api.problems import AUTHENTICATED, documented
-from worker.api.schemas import CatalogView
-from worker.app import ConveyorApp
-from worker.catalog import catalog_view
+from conveyor.worker.api.auth import Authenticator
+from conveyor.worker.api.keys import Principal, Scope
+from conveyor.worker.api.problems import AUTHENTICATED, documented
+from conveyor.worker.api.schemas import CatalogView
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.catalog import catalog_view
 
 
 def catalog_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:

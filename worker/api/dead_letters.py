@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from worker.api.auth import Authenticator
-from worker.api.body import json_body, request_body
-from worker.api.keys import Principal, Scope
-from worker.api.problems import AUTHENTICATED, ProblemError, documented
-from worker.api.schemas import (
+from conveyor.worker.api.auth import Authenticator
+from conveyor.worker.api.body import json_body, request_body
+from conveyor.worker.api.keys import Principal, Scope
+from conveyor.worker.api.problems import AUTHENTICATED, ProblemError, documented
+from conveyor.worker.api.schemas import (
     NO_NUL,
     DeadLetterList,
     DeadLetterSelection,
@@ -25,10 +25,10 @@ from worker.api.schemas import (
     Text,
     UtcDatetime,
 )
-from worker.app import ConveyorApp
-from worker.constants import DeadReason
-from worker.operations.dlq import DeadFilter, dead_letter_view, list_dead, purge, replay
-from worker.operations.dlq import Outcome as DlqOutcome
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.operations.dlq import DeadFilter, dead_letter_view, list_dead, purge, replay
+from conveyor.worker.operations.dlq import Outcome as DlqOutcome
 
 DeadId = Annotated[str, Path(pattern=NO_NUL, description="The dead job's id.")]
 BODY = (400, 413, 415, 422)

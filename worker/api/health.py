@@ -2,8 +2,9 @@
 
 ``/healthz`` (liveness) does no I/O: it answers while the event loop turns, so a slow
 database never gets the process restarted. ``/readyz`` (readiness) checks the ledger
-(``SELECT 1``) and the broker (a fresh connection), each within :data:`CHECK_TIMEOUT_S`
-and concurrently; if either fails, it answers 503 so traffic goes elsewhere. Neither
+(``SELECT 1``) and the broker (a fresh connection), each within two seconds and
+concurrently (:func:`worker.observability.probes.readiness_checks`, the check every
+process shares); if either fails, it answers 503 so traffic goes elsewhere. Neither
 reveals more than which dependency failed.
 
 ``/metrics`` serves the API process's counters (jobs enqueued, replayed) and the ledger
@@ -11,42 +12,22 @@ gauges (:class:`~worker.observability.metrics.LedgerCollector`) to a caller with
 (``CONVEYOR_METRICS_TOKEN``) or an API key with the ``read`` scope.
 """
 
-import asyncio
-import hmac
 import logging
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from worker.api.auth import Authenticator, Credentials
-from worker.api.keys import Scope
-from worker.api.problems import ProblemError, documented
-from worker.api.schemas import Health, Readiness
-from worker.app import ConveyorApp
-from worker.observability.metrics import registry_for_scrape
-from worker.observability.probes import check_broker, check_ledger
-
-CHECK_TIMEOUT_S: Final = 2.0
+from conveyor.worker.api.auth import Authenticator, Credentials
+from conveyor.worker.api.keys import Scope
+from conveyor.worker.api.problems import ProblemError, documented
+from conveyor.worker.api.schemas import Health, Readiness
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.observability.metrics import registry_for_scrape
+from conveyor.worker.observability.probes import readiness_checks, token_matches
 
 log = logging.getLogger("conveyor.api")
-
-
-async def _outcome(name: str, check: Callable[[], None]) -> str:
-    """``ok``, or ``failed``/``timeout`` (logged with the error type, not its message)."""
-    loop = asyncio.get_running_loop()
-    try:
-        # On a timeout the thread is abandoned; it ends when its own connect timeout does.
-        await asyncio.wait_for(loop.run_in_executor(None, check), CHECK_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("api.not_ready", extra={"check": name, "error_type": "timeout"})
-        return "timeout"
-    except Exception as exc:
-        log.warning("api.not_ready", extra={"check": name, "error_type": type(exc).__name__})
-        return "failed"
-    return "ok"
 
 
 def health_router(app: ConveyorApp) -> APIRouter:
@@ -64,12 +45,9 @@ def health_router(app: ConveyorApp) -> APIRouter:
         responses=documented(503),
     )
     async def readyz() -> dict[str, Any]:
-        ledger, broker = await asyncio.gather(
-            _outcome("ledger", lambda: check_ledger(app)),
-            _outcome("broker", lambda: check_broker(app)),
-        )
-        checks = {"ledger": ledger, "broker": broker}
-        if ledger != "ok" or broker != "ok":
+        outcomes = await run_in_threadpool(readiness_checks, app, event="api.not_ready")
+        checks = {check.name: check.outcome for check in outcomes}
+        if any(outcome != "ok" for outcome in checks.values()):
             failing = ", ".join(name for name, result in checks.items() if result != "ok")
             raise ProblemError(
                 503,
@@ -86,14 +64,13 @@ def health_router(app: ConveyorApp) -> APIRouter:
 def metrics_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
     router = APIRouter(tags=["health"])
     registry = registry_for_scrape(app.ledger)
-    token = app.settings.metrics_token
+    secret = app.settings.metrics_token
+    token = secret.get_secret_value() if secret is not None else None
     read = auth.require(Scope.READ)
 
     async def scraper(credentials: Credentials) -> None:
         offered = credentials.credentials if credentials is not None else ""
-        if token is not None and hmac.compare_digest(
-            offered.encode(), token.get_secret_value().encode()
-        ):
+        if token_matches(token, offered):
             return
         await read(credentials)
 

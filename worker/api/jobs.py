@@ -10,12 +10,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
-from worker.api.auth import Authenticator
-from worker.api.body import json_body, request_body
-from worker.api.keys import Principal, Scope
-from worker.api.pagination import Cursor, JobFilter, page
-from worker.api.problems import AUTHENTICATED, ProblemError, documented
-from worker.api.schemas import (
+from conveyor.worker.api.auth import Authenticator
+from conveyor.worker.api.body import json_body, request_body
+from conveyor.worker.api.keys import Principal, Scope
+from conveyor.worker.api.pagination import Cursor, JobFilter, page
+from conveyor.worker.api.problems import AUTHENTICATED, ProblemError, documented
+from conveyor.worker.api.schemas import (
     NO_NUL,
     JobAccepted,
     JobCreate,
@@ -24,10 +24,10 @@ from worker.api.schemas import (
     Text,
     UtcDatetime,
 )
-from worker.app import ConveyorApp
-from worker.client import cancel, enqueue, get_job
-from worker.models import JobState
-from worker.operations.views import job_view
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.client import cancel, enqueue, get_job
+from conveyor.worker.models import JobState
+from conveyor.worker.operations.views import job_view
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
 JobId = Annotated[str, Path(pattern=NO_NUL, description="The job's id.")]

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from worker.errors import UsageError
-from worker.ledger import Ledger
-from worker.models import ApiKey, utcnow
+from conveyor.worker.errors import UsageError
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.models import ApiKey, utcnow
 
 TOKEN_PREFIX: Final = "cvk"  # noqa: S105 - the fixed start of every token, not a secret
 PREFIX_BYTES: Final = 6

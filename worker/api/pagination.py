@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Select, select, tuple_
 
-from worker.api.problems import ProblemError
-from worker.ledger import Ledger
-from worker.models import Job
+from conveyor.worker.api.problems import ProblemError
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.models import Job
 
 
 @dataclass(frozen=True, slots=True)

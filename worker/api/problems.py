@@ -34,9 +34,15 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.admission import IdempotencyConflict
-from worker.errors import EnqueueError, JobNotFound, PayloadInvalid, UnknownTask, UsageError
-from worker.observability.sentry import report_unexpected
+from conveyor.worker.admission import IdempotencyConflict
+from conveyor.worker.errors import (
+    EnqueueError,
+    JobNotFound,
+    PayloadInvalid,
+    UnknownTask,
+    UsageError,
+)
+from conveyor.worker.observability.sentry import report_unexpected
 
 log = logging.getLogger("conveyor.api")
 

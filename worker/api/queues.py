@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from worker.api.auth import Authenticator
-from worker.api.keys import Principal, Scope
-from worker.api.problems import AUTHENTICATED, documented
-from worker.api.schemas import QueuesView
-from worker.app import ConveyorApp
-from worker.operations.stats import queue_stats
+from conveyor.worker.api.auth import Authenticator
+from conveyor.worker.api.keys import Principal, Scope
+from conveyor.worker.api.problems import AUTHENTICATED, documented
+from conveyor.worker.api.schemas import QueuesView
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.operations.stats import queue_stats
 
 
 def queues_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:

@@ -23,9 +23,9 @@ from pydantic import (
     StringConstraints,
 )
 
-from worker.admission import storable
-from worker.constants import DeadReason
-from worker.models import JobState
+from conveyor.worker.admission import storable
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.models import JobState
 
 NO_NUL: Final = r"^[^\x00]*$"
 QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"

@@ -20,21 +20,21 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from sqlalchemy import func, select
 
-from config import load_settings
-from worker.app import ConveyorApp, create_app
-from worker.chaos.invariants import Report, check
-from worker.chaos.jobs import metadata as chaos_metadata
-from worker.chaos.plan import CHAOS_TASK, JobPlan, plan_jobs
-from worker.chaos.proxy import FaultProxy
-from worker.chaos.scenarios import SCENARIOS, Faults
-from worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
-from worker.chaos.stack import Stack
-from worker.client import enqueue
-from worker.ledger import make_engine
-from worker.migrate import upgrade
-from worker.models import TERMINAL_STATES, Job
+from conveyor.config import load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.chaos.effects import metadata as chaos_metadata
+from conveyor.worker.chaos.invariants import Report, check
+from conveyor.worker.chaos.plan import CHAOS_TASK, JobPlan, plan_jobs
+from conveyor.worker.chaos.proxy import FaultProxy
+from conveyor.worker.chaos.scenarios import SCENARIOS, Faults
+from conveyor.worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
+from conveyor.worker.chaos.stack import Stack
+from conveyor.worker.client import enqueue
+from conveyor.worker.ledger import make_engine
+from conveyor.worker.migrate import upgrade
+from conveyor.worker.models import TERMINAL_STATES, Job
 
-CHAOS_MODULES = ["worker.chaos.jobs"]
+CHAOS_MODULES = ["conveyor.worker.chaos.jobs"]
 WORKERS = 2
 CONCURRENCY = 2
 

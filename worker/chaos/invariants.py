@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from worker.chaos.jobs import effects
-from worker.chaos.plan import JobPlan, max_delay_s
-from worker.ledger import Ledger
-from worker.models import Job, JobAttempt, JobState
+from conveyor.worker.chaos.effects import effects
+from conveyor.worker.chaos.plan import JobPlan, max_delay_s
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.models import Job, JobAttempt, JobState
 
 DELAY_TOLERANCE = timedelta(milliseconds=100)
 

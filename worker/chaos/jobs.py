@@ -10,23 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table
-
-from worker import Fatal, JobContext, RetryAfter, job
-from worker.chaos.plan import CHAOS_MAX_ATTEMPTS, CHAOS_POLICY, CHAOS_TASK, fails
-from worker.errors import Retryable
+from conveyor import Fatal, JobContext, RetryAfter, job
+from conveyor.worker.chaos.effects import effects
+from conveyor.worker.chaos.plan import CHAOS_MAX_ATTEMPTS, CHAOS_POLICY, CHAOS_TASK, fails
+from conveyor.worker.errors import Retryable
 
 CHAOS_TIMEOUT_S = 2.0
-
-metadata = MetaData()
-effects = Table(
-    "conveyor_chaos_effects",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(64), nullable=False, index=True),
-    Column("job_id", String(64), nullable=False),
-    Column("attempt", Integer, nullable=False),
-)
 
 
 class ChaosFailure(Retryable):

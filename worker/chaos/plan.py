@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.policy import Backoff, RetryPolicy, delay_ceiling_s
+from conveyor.worker.policy import Backoff, RetryPolicy, delay_ceiling_s
 
 CHAOS_TASK = "chaos.work"
 CHAOS_MAX_ATTEMPTS = 8

@@ -10,7 +10,7 @@ import asyncio
 import threading
 from contextlib import suppress
 
-from worker.chaos.services import free_port
+from conveyor.worker.chaos.services import free_port
 
 
 class FaultProxy:

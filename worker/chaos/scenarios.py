@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.chaos.plan import Mix
-from worker.chaos.proxy import FaultProxy
-from worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
-from worker.chaos.stack import Stack
+from conveyor.worker.chaos.plan import Mix
+from conveyor.worker.chaos.proxy import FaultProxy
+from conveyor.worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
+from conveyor.worker.chaos.stack import Stack
 
 
 @dataclass

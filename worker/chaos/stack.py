@@ -32,7 +32,7 @@ class Stack:
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{args[0]}-{len(self.started)}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "conveyor.worker.cli", *args],
             env=self.env,
             cwd=ROOT,
             stdout=log,

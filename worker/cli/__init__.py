@@ -25,20 +25,26 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
-from worker.catalog import declare
-from worker.cli.api import api, apikey
-from worker.cli.chaos import chaos
-from worker.cli.common import State, emit_json, json_option, metrics_port_option, pass_state
-from worker.cli.dlq import dlq
-from worker.cli.flower import flower
-from worker.cli.jobs import jobs
-from worker.constants import RELAY_POLL_S
-from worker.errors import ConveyorError, UsageError
-from worker.jobs import REGISTRY
-from worker.ledger import Ledger
-from worker.observability.logs import configure_logging
-from worker.observability.metrics import use_multiprocess
-from worker.observability.probes import (
+from conveyor.worker.catalog import declare
+from conveyor.worker.cli.api import api, apikey
+from conveyor.worker.cli.chaos import chaos
+from conveyor.worker.cli.common import (
+    State,
+    emit_json,
+    json_option,
+    metrics_port_option,
+    pass_state,
+)
+from conveyor.worker.cli.dlq import dlq
+from conveyor.worker.cli.flower import flower
+from conveyor.worker.cli.jobs import jobs
+from conveyor.worker.constants import RELAY_POLL_S
+from conveyor.worker.errors import ConveyorError, UsageError
+from conveyor.worker.jobs import REGISTRY
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.observability.logs import configure_logging
+from conveyor.worker.observability.metrics import use_multiprocess
+from conveyor.worker.observability.probes import (
     CHECK_TIMEOUT_S,
     WORKER_LIVENESS,
     ConsumingCollector,
@@ -148,7 +154,7 @@ def enqueue(
     as_json: bool,
 ) -> None:
     """Enqueue TASK with PAYLOAD (a JSON object) and print the job id."""
-    from worker.client import enqueue as enqueue_job
+    from conveyor.worker.client import enqueue as enqueue_job
 
     try:
         data = json.loads(payload)
@@ -174,7 +180,7 @@ def enqueue(
 @pass_state
 def queues(state: State, as_json: bool) -> None:
     """Every queue's queued, running, scheduled and dead jobs, its oldest wait, relay lag."""
-    from worker.operations.stats import queue_stats
+    from conveyor.worker.operations.stats import queue_stats
 
     stats = queue_stats(state.app.ledger)
     if as_json:
@@ -211,7 +217,7 @@ def relay(state: State, poll_s: float, alive_file: Path | None, metrics_port: in
     With a metrics port, it serves /metrics (with the ledger's queue gauges), /healthz (a
     pass finished lately) and /readyz.
     """
-    from worker.relay import Relay
+    from conveyor.worker.relay import Relay
 
     settings = state.settings
     configure_logging(settings.log_level, settings.log_format)
@@ -260,7 +266,7 @@ def probe_live(url: str) -> str:
 @pass_state
 def migrate(state: State) -> None:
     """Apply the ledger's schema migrations (safe to run again)."""
-    from worker.migrate import upgrade
+    from conveyor.worker.migrate import upgrade
 
     before, after = upgrade(state.settings.database)
     if before == after:
@@ -280,7 +286,10 @@ def demo(
     state: State, count: int, concurrency: int, timeout_s: float, seed: int, as_json: bool
 ) -> None:
     """Start a worker, run a mix of jobs through it and summarise what happened."""
-    from worker.demo import run_demo
+    from conveyor.worker.demo import run_demo, with_demo_jobs
+
+    # Before the settings are read: this process and the worker it starts load the demo jobs.
+    os.environ["CONVEYOR_TASK_MODULES"] = with_demo_jobs(os.environ.get("CONVEYOR_TASK_MODULES"))
 
     summary = run_demo(
         state.settings,

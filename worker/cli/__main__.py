@@ -1,5 +1,5 @@
 """``python -m worker.cli``: the same as the ``conveyor`` command."""
 
-from worker.cli import main
+from conveyor.worker.cli import main
 
 main()

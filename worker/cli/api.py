@@ -6,8 +6,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.cli.common import State, emit_json, json_option, pass_state
-from worker.operations.views import iso
+from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
+from conveyor.worker.operations.views import iso
 
 SCOPES = ("enqueue", "read", "admin")
 
@@ -21,8 +21,8 @@ def api(state: State, host: str, port: int, access_log: bool) -> None:
     """Serve the HTTP API (uvicorn) until stopped; SIGTERM finishes open requests first."""
     import uvicorn
 
-    from worker.api.app import create_api
-    from worker.observability.logs import configure_logging
+    from conveyor.worker.api.app import create_api
+    from conveyor.worker.observability.logs import configure_logging
 
     configure_logging(state.settings.log_level, state.settings.log_format)
     state.waits_for_ledger = True
@@ -56,7 +56,7 @@ def apikey() -> None:
 @pass_state
 def apikey_create(state: State, name: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Create key NAME and print its token: the only time it is shown."""
-    from worker.api.keys import Scope, create_key
+    from conveyor.worker.api.keys import Scope, create_key
 
     key, token = create_key(state.app.ledger, name, [Scope(scope) for scope in scopes])
     if as_json:
@@ -83,7 +83,7 @@ def apikey_create(state: State, name: str, scopes: tuple[str, ...], as_json: boo
 @pass_state
 def apikey_list(state: State, as_json: bool) -> None:
     """List API keys (never their tokens)."""
-    from worker.api.keys import list_keys
+    from conveyor.worker.api.keys import list_keys
 
     keys = list_keys(state.app.ledger)
     if as_json:
@@ -114,8 +114,8 @@ def apikey_list(state: State, as_json: bool) -> None:
 @pass_state
 def apikey_revoke(state: State, name: str) -> None:
     """Revoke key NAME; servers refuse it within a few seconds."""
-    from worker.api.auth import KEY_CACHE_TTL_S
-    from worker.api.keys import revoke_key
+    from conveyor.worker.api.auth import KEY_CACHE_TTL_S
+    from conveyor.worker.api.keys import revoke_key
 
     if revoke_key(state.app.ledger, name):
         click.echo(f"revoked API key {name!r}; servers refuse it within {KEY_CACHE_TTL_S:g}s")

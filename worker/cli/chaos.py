@@ -8,9 +8,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.chaos.invariants import Report
-from worker.chaos.scenarios import SCENARIOS
-from worker.cli.common import emit_json, json_option
+from conveyor.worker.chaos.invariants import Report
+from conveyor.worker.chaos.scenarios import SCENARIOS
+from conveyor.worker.cli.common import emit_json, json_option
 
 DEFAULT_PG = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
@@ -77,7 +77,7 @@ def chaos_run(
     as_json: bool,
 ) -> None:
     """Run SCENARIO; exit 1 if any invariant did not hold. Replay a failure with --seed."""
-    from worker.chaos.harness import run
+    from conveyor.worker.chaos.harness import run
 
     console = Console(stderr=True)
     report = run(

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from config import Settings, load_settings
-from worker.app import ConveyorApp, create_app
-from worker.observability.sentry import init_sentry
-from worker.schema import ensure_schema, wait_for_schema
+from conveyor.config import Settings, load_settings
+from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.observability.sentry import init_sentry
+from conveyor.worker.schema import ensure_schema, wait_for_schema
 
 
 class State:

@@ -13,12 +13,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.cli.common import State, emit_json, json_option, pass_state
-from worker.constants import DeadReason
-from worker.errors import JobNotFound, UsageError
-from worker.models import utcnow
-from worker.operations.dlq import DeadFilter, Outcome, dead_letter_view, list_dead
-from worker.operations.views import iso
+from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.errors import JobNotFound, UsageError
+from conveyor.worker.models import utcnow
+from conveyor.worker.operations.dlq import DeadFilter, Outcome, dead_letter_view, list_dead
+from conveyor.worker.operations.views import iso
 
 
 def parse_when(value: str | None) -> datetime | None:
@@ -162,7 +162,7 @@ def dlq_replay(
     **options: str | None,
 ) -> None:
     """Put dead jobs back on their original queues as new jobs (attempts from zero)."""
-    from worker.operations.dlq import replay
+    from conveyor.worker.operations.dlq import replay
 
     where = dead_filter(job_ids, every, options, needs_scope=True)
     outcome = replay(state.app, where, actor=actor, dry_run=dry_run, rate_per_s=rate_per_s)
@@ -188,7 +188,7 @@ def dlq_purge(
     **options: str | None,
 ) -> None:
     """Delete dead jobs for good, from the ledger and the broker's dead-letter queue."""
-    from worker.operations.dlq import purge
+    from conveyor.worker.operations.dlq import purge
 
     where = dead_filter(job_ids, every, options, needs_scope=True)
     report(purge(state.app, where, actor=actor, dry_run=dry_run), as_json)
@@ -200,7 +200,7 @@ def dlq_purge(
 @pass_state
 def dlq_audit(state: State, limit: int, as_json: bool) -> None:
     """Replays and purges, newest first: who, when, what and how many."""
-    from worker.operations.dlq import audit_log
+    from conveyor.worker.operations.dlq import audit_log
 
     entries = audit_log(state.app, limit=limit)
     if as_json:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from worker.cli.common import State, pass_state
-from worker.errors import UsageError
-from worker.observability.flower import (
+from conveyor.worker.cli.common import State, pass_state
+from conveyor.worker.errors import UsageError
+from conveyor.worker.observability.flower import (
     DB_FILE_NAME,
     FlowerOptions,
     adapt_flower,
@@ -61,7 +61,7 @@ def flower(
     local_dev: bool,
 ) -> None:
     """Serve Flower (live workers, task events, queue lengths) until stopped."""
-    from worker.observability.logs import configure_logging
+    from conveyor.worker.observability.logs import configure_logging
 
     settings = state.settings
     options = FlowerOptions(

@@ -9,13 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.app import import_task_modules
-from worker.catalog import catalog_view
-from worker.cli.common import State, emit_json, json_option, pass_state
-from worker.jobs import spec_for
-from worker.models import JobState
-from worker.operations.views import job_view
-from worker.policy import schedule, worst_case_total_s
+from conveyor.worker.app import import_task_modules
+from conveyor.worker.catalog import catalog_view
+from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
+from conveyor.worker.jobs import spec_for
+from conveyor.worker.models import JobState
+from conveyor.worker.operations.views import job_view
+from conveyor.worker.policy import schedule, worst_case_total_s
 
 
 @click.group()
@@ -29,7 +29,7 @@ def jobs() -> None:
 @pass_state
 def jobs_show(state: State, job_id: str, as_json: bool) -> None:
     """Show one job."""
-    from worker.client import get_job
+    from conveyor.worker.client import get_job
 
     view = job_view(get_job(job_id, app=state.app))
     if as_json:

@@ -19,14 +19,14 @@ audit trail in :mod:`worker.operations.dlq`.
 
 from __future__ import annotations
 
-from worker.errors import WORKER_LOST, Failure
-from worker.ledger.catalog import CatalogStore
-from worker.ledger.database import Database, NewJob, make_engine
-from worker.ledger.dead import DeadLetterStore
-from worker.ledger.jobs import Claim, JobPath
-from worker.ledger.keys import KeyStore
-from worker.ledger.reads import Reads
-from worker.ledger.relay import Publish, RelayQueries
+from conveyor.worker.errors import WORKER_LOST, Failure
+from conveyor.worker.ledger.catalog import CatalogStore
+from conveyor.worker.ledger.database import Database, NewJob, make_engine
+from conveyor.worker.ledger.dead import DeadLetterStore
+from conveyor.worker.ledger.jobs import Claim, JobPath
+from conveyor.worker.ledger.keys import KeyStore
+from conveyor.worker.ledger.reads import Reads
+from conveyor.worker.ledger.relay import Publish, RelayQueries
 
 __all__ = [
     "WORKER_LOST",

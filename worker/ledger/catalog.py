@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from worker.ledger.database import Database
-from worker.models import DeclaredJob
+from conveyor.worker.ledger.database import Database
+from conveyor.worker.models import DeclaredJob
 
 
 class CatalogStore(Database):

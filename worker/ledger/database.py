@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.models import Job
+from conveyor.worker.models import Job
 
 
 @dataclass(frozen=True, slots=True)

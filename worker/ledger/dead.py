@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, or_, select, update
 
-from worker.constants import DeadReason
-from worker.errors import Failure
-from worker.ledger.database import Database, NewJob
-from worker.models import TERMINAL_STATES, AuditEntry, Job, JobState, utcnow
-from worker.operations.views import iso
+from conveyor.worker.constants import DeadReason
+from conveyor.worker.errors import Failure
+from conveyor.worker.ledger.database import Database, NewJob
+from conveyor.worker.models import TERMINAL_STATES, AuditEntry, Job, JobState, utcnow
+from conveyor.worker.operations.views import iso
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from worker.errors import Failure
-from worker.ledger.database import Database, NewJob
-from worker.models import Job, JobAttempt, JobState, JSONDocument, UTCDateTime, utcnow
+from conveyor.worker.errors import Failure
+from conveyor.worker.ledger.database import Database, NewJob
+from conveyor.worker.models import Job, JobAttempt, JobState, JSONDocument, UTCDateTime, utcnow
 
 CLAIMABLE = (JobState.QUEUED, JobState.SCHEDULED)
 

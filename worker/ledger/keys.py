@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from worker.ledger.database import Database
-from worker.models import ApiKey, utcnow
+from conveyor.worker.ledger.database import Database
+from conveyor.worker.models import ApiKey, utcnow
 
 
 class KeyStore(Database):

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
-from worker.ledger.database import Database
-from worker.models import Job, JobAttempt
+from conveyor.worker.ledger.database import Database
+from conveyor.worker.models import Job, JobAttempt
 
 
 class Reads(Database):

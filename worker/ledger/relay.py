@@ -13,9 +13,9 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from worker.errors import WORKER_LOST
-from worker.ledger.database import Database
-from worker.models import Job, JobAttempt, JobState, utcnow
+from conveyor.worker.errors import WORKER_LOST
+from conveyor.worker.ledger.database import Database
+from conveyor.worker.models import Job, JobAttempt, JobState, utcnow
 
 Publish = Callable[[Job], None]
 """Hands one job's message to the broker; raises if the broker did not take it."""

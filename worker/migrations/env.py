@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from worker.ledger import make_engine
-from worker.models import Base
+from conveyor.worker.ledger import make_engine
+from conveyor.worker.models import Base
 
 config = context.config
 url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")

@@ -3,7 +3,7 @@
 ``conveyor flower`` runs Flower 2 in this process on the app every Conveyor command
 builds (same broker, same serializers, the same registered jobs), so operators can watch
 workers, task events and queue lengths live. It exists instead of a bare ``celery -A
-worker.celery_app flower`` for three reasons:
+conveyor.worker.celery_app flower`` for three reasons:
 
 1. **Credentials are required** (promise P6). Without ``CONVEYOR_FLOWER_USER`` and
    ``CONVEYOR_FLOWER_PASSWORD`` it refuses to start, unless ``--local-dev`` asks for an
@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from config import Settings
-from config.settings import BrokerKind
-from worker.constants import DEAD_LETTER_SUFFIX, dead_letter_queue
-from worker.errors import ConfigError
-from worker.jobs import REGISTRY
-from worker.observability.probes import is_loopback
+from conveyor.config import Settings
+from conveyor.config.settings import BrokerKind
+from conveyor.worker.constants import DEAD_LETTER_SUFFIX, dead_letter_queue
+from conveyor.worker.errors import ConfigError
+from conveyor.worker.jobs import REGISTRY
+from conveyor.worker.observability.probes import is_loopback
 
 UNAUTHENTICATED_API_VARIABLE: Final = "FLOWER_UNAUTHENTICATED_API"
 """Set, Flower serves its REST API (send-task, revoke, shutdown) without credentials."""

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from config.settings import LogFormat
-from worker.observability.tracing import current_trace_id
-from worker.outcomes import Event
+from conveyor.config.settings import LogFormat
+from conveyor.worker.observability.tracing import current_trace_id
+from conveyor.worker.outcomes import Event
 
 if TYPE_CHECKING:
-    from worker.outcomes import JobEvent
+    from conveyor.worker.outcomes import JobEvent
 
 HIDDEN: Final = frozenset(
     {"payload", "kwargs", "args", "argsrepr", "kwargsrepr", "result", "body", "data"}

@@ -28,11 +28,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.outcomes import Event
+from conveyor.worker.outcomes import Event
 
 if TYPE_CHECKING:
-    from worker.ledger import Ledger
-    from worker.outcomes import JobEvent
+    from conveyor.worker.ledger import Ledger
+    from conveyor.worker.outcomes import JobEvent
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -142,7 +142,7 @@ class LedgerCollector(Collector):
         self.ledger = ledger
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from worker.operations.stats import queue_stats
+        from conveyor.worker.operations.stats import queue_stats
 
         stats = queue_stats(self.ledger)
         jobs = GaugeMetricFamily(

@@ -26,6 +26,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -36,13 +39,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import text
 
-from worker.errors import ConfigError
-from worker.observability.metrics import registry_for_scrape
+from conveyor.worker.errors import ConfigError
+from conveyor.worker.observability.metrics import registry_for_scrape
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
-    from worker.app import ConveyorApp
+    from conveyor.worker.app import ConveyorApp
 
 log = logging.getLogger("conveyor.probes")
 
@@ -67,17 +70,64 @@ def check_broker(app: ConveyorApp) -> None:
         )
 
 
-def readiness(app: ConveyorApp) -> dict[str, str]:
-    """``{"ledger": "ok"|"failed: Type", "broker": ...}``, checked one after the other."""
-    checks: dict[str, str] = {}
-    for name, check in (("ledger", check_ledger), ("broker", check_broker)):
+READINESS: Final[dict[str, Callable[[ConveyorApp], None]]] = {
+    "ledger": check_ledger,
+    "broker": check_broker,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One readiness check's outcome: ``ok``, ``failed`` (with the error's type) or ``timeout``."""
+
+    name: str
+    outcome: str
+    error_type: str | None = None
+
+    def describe(self) -> str:
+        """``ok``, ``failed: Type`` or ``timeout``: never the error's message."""
+        return f"failed: {self.error_type}" if self.outcome == "failed" else self.outcome
+
+
+def readiness_checks(
+    app: ConveyorApp, *, timeout_s: float = CHECK_TIMEOUT_S, event: str = "probes.not_ready"
+) -> list[Check]:
+    """The ledger and the broker, checked concurrently, each within ``timeout_s``.
+
+    The one readiness check of every process: ``/readyz`` of workers, relays and the API,
+    and ``conveyor health``. A failure is logged as ``event`` with its type only (a
+    database error's message can quote a statement's parameters).
+    """
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conveyor-ready")
+    futures = {name: pool.submit(check, app) for name, check in READINESS.items()}
+    pool.shutdown(wait=False)  # a check that times out is abandoned, not waited for
+    deadline = time.monotonic() + timeout_s
+    checks = []
+    for name, future in futures.items():
         try:
-            check(app)
+            future.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except FutureTimeout:
+            checks.append(Check(name, "timeout"))
         except Exception as exc:
-            checks[name] = f"failed: {type(exc).__name__}"
+            checks.append(Check(name, "failed", type(exc).__name__))
         else:
-            checks[name] = "ok"
+            checks.append(Check(name, "ok"))
+    for check in checks:
+        if check.outcome != "ok":
+            log.warning(
+                event, extra={"check": check.name, "error_type": check.error_type or check.outcome}
+            )
     return checks
+
+
+def readiness(app: ConveyorApp) -> dict[str, str]:
+    """``{"ledger": "ok"|"failed: Type"|"timeout", "broker": ...}``."""
+    return {check.name: check.describe() for check in readiness_checks(app)}
+
+
+def token_matches(expected: str | None, offered: str) -> bool:
+    """Whether ``offered`` is the metrics token (constant time); never without a token."""
+    return expected is not None and hmac.compare_digest(offered.encode(), expected.encode())
 
 
 class Liveness:
@@ -221,8 +271,8 @@ class ProbeServer:
     def _authorized(self, header: str) -> bool:
         if self.token is None:
             return True
-        expected = f"Bearer {self.token}".encode()
-        return hmac.compare_digest(header.encode(), expected)
+        scheme, _, offered = header.partition(" ")
+        return scheme == "Bearer" and token_matches(self.token, offered)
 
     def serve(self, address: str, port: int) -> WSGIServer:
         """Bind and serve in a daemon thread; returns the server (``server_port`` is bound)."""

@@ -39,17 +39,17 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from config import Settings
-from worker.errors import Failure
-from worker.jobs import REGISTRY
-from worker.observability.logs import job_fields
-from worker.outcomes import Event
+from conveyor.config import Settings
+from conveyor.worker.errors import Failure
+from conveyor.worker.jobs import REGISTRY
+from conveyor.worker.observability.logs import job_fields
+from conveyor.worker.outcomes import Event
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event as SentryEvent
     from sentry_sdk.types import Hint
 
-    from worker.outcomes import JobEvent
+    from conveyor.worker.outcomes import JobEvent
 
 log = logging.getLogger("conveyor.sentry")
 

@@ -39,9 +39,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from config import Settings
-    from worker.models import Job
-    from worker.outcomes import JobEvent
+    from conveyor.config import Settings
+    from conveyor.worker.models import Job
+    from conveyor.worker.outcomes import JobEvent
 
 log = logging.getLogger("conveyor.tracing")
 

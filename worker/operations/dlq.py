@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.app import ConveyorApp
-from worker.deadletter import JOB_ID_HEADER, dead_letter_destination
-from worker.jobs import REGISTRY
-from worker.ledger.dead import DeadFilter, error_type_matches
-from worker.models import AuditEntry, Job
-from worker.operations.views import iso
-from worker.outcomes import Event, JobEvent
+from conveyor.worker.app import ConveyorApp
+from conveyor.worker.deadletter import JOB_ID_HEADER, dead_letter_destination
+from conveyor.worker.jobs import REGISTRY
+from conveyor.worker.ledger.dead import DeadFilter, error_type_matches
+from conveyor.worker.models import AuditEntry, Job
+from conveyor.worker.operations.views import iso
+from conveyor.worker.outcomes import Event, JobEvent
 
 __all__ = ["DeadFilter", "Outcome", "error_type_matches"]
 

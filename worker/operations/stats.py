@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
-from worker.ledger import Ledger
-from worker.models import Job, JobState, utcnow
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.models import Job, JobState, utcnow
 
 COUNTED = {
     JobState.QUEUED: "depth",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from worker.models import Job
+from conveyor.worker.models import Job
 
 
 def iso(value: datetime | None) -> str | None:
