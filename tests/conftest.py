@@ -2,7 +2,12 @@
 
 Nothing here mocks a broker or a database. Each test session gets a fresh PostgreSQL
 database (dropped at the end); each test gets queues of its own, so tests never take
-each other's messages on the shared brokers.
+each other's messages on the shared brokers, and deletes them (with their dead-letter
+queues and exchanges) afterwards.
+
+The hooks at the end hold the suite to its tiers and its time budget (docs/testing.md):
+every test carries exactly one of the tier markers, and a run that takes longer than
+the budget says so in its summary.
 """
 
 from __future__ import annotations
@@ -13,19 +18,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from config import load_settings
 from tests import jobs as test_jobs
 from worker.app import ConveyorApp, create_app
+from worker.deadletter import dead_letter_destination
 from worker.migrate import upgrade
 from worker.models import JobState
 
@@ -89,15 +96,33 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     return BROKERS[request.param]
 
 
+def delete_queues(broker_url: str, names: Iterable[str]) -> None:
+    """Delete queues a test made on a shared broker, with their dead-letter queues.
+
+    Each is declared first, as Celery declares it: kombu's Redis transport deletes a
+    queue's messages through the bindings this connection knows, and a fresh one knows
+    none. On RabbitMQ the queue's exchange and its dead-letter exchange go too.
+    """
+    with Connection(broker_url) as connection:
+        channel = connection.default_channel
+        for name in names:
+            for queue in (
+                Queue(name, Exchange(name), routing_key=name),
+                dead_letter_destination(name),
+            ):
+                bound = queue.bind(channel)
+                bound.declare()
+                bound.delete()
+                with suppress(Exception):  # Redis keeps no exchange apart from its bindings
+                    bound.exchange.delete()
+
+
 @pytest.fixture
 def queue(broker_url: str) -> Iterator[str]:
-    """A queue name no other test uses; deleted from the broker afterwards."""
+    """A queue name no other test uses; deleted from the broker afterwards (with `Q.dead`)."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    with Connection(broker_url) as connection:
-        # Declared first: on Redis a fresh connection only deletes the queues it knows of.
-        connection.default_channel.queue_declare(name, durable=True, auto_delete=False)
-        connection.default_channel.queue_delete(name)
+    delete_queues(broker_url, [name])
 
 
 @pytest.fixture
@@ -254,3 +279,62 @@ def metric_samples(text: str) -> Samples:
 def metric_value(samples: Samples, name: str, **labels: str) -> float:
     """The sample's value; 0 when the series does not exist (nothing was counted)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+TIERS = ("unit", "integration", "chaos", "full")
+"""The tier markers: each test carries exactly one (see docs/testing.md)."""
+
+
+WITHOUT_ONE_TIER = pytest.StashKey[dict[str, str]]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a suite in which a test has no tier marker, or more than one.
+
+    A plain run stops at collection with the list. Under xdist a worker cannot stop the
+    run cleanly (the controller reports a crash without the reason), so there each such
+    test fails at setup instead, with the reason.
+    """
+    wrong = {}
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong[item.nodeid] = ", ".join(tiers) or "no tier marker"
+    if not wrong:
+        return
+    if hasattr(config, "workerinput"):
+        config.stash[WITHOUT_ONE_TIER] = wrong
+        return
+    listed = "\n".join(f"  {nodeid}: {tiers}" for nodeid, tiers in wrong.items())
+    raise pytest.UsageError(f"each test needs exactly one of {', '.join(TIERS)}:\n{listed}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    tiers = item.config.stash.get(WITHOUT_ONE_TIER, {}).get(item.nodeid)
+    if tiers is not None:
+        pytest.fail(f"each test needs exactly one of {', '.join(TIERS)}; it has: {tiers}", False)
+
+
+BUDGET_S = float(os.environ.get("CONVEYOR_TEST_BUDGET_S", "900"))
+"""The default run's time budget (15 minutes); ``scripts/test --full`` sets its own."""
+_STARTED_AT: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _STARTED_AT.append(time.monotonic())
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say so when the run took longer than its budget: the suite must stay fast."""
+    if not _STARTED_AT or hasattr(config, "workerinput"):
+        return
+    elapsed_s = time.monotonic() - _STARTED_AT[0]
+    if elapsed_s > BUDGET_S:
+        terminalreporter.write_sep(
+            "!",
+            f"over budget: this run took {elapsed_s / 60:.1f} min, the budget is "
+            f"{BUDGET_S / 60:.0f} min; see docs/testing.md",
+            red=True,
+            bold=True,
+        )

@@ -18,6 +18,7 @@ from tests.conftest import (
     REDIS_URL,
     Processes,
     WorkerFactory,
+    delete_queues,
     metric_samples,
     metric_value,
     run_cli,
@@ -27,7 +28,6 @@ from tests.integration.test_api_harness import (
     Api,
     api_env,
     assert_problem,
-    delete_queues,
     serve,
     start_api,
 )

@@ -14,8 +14,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import REDIS_URL, ProcessFactory, WorkerFactory, run_cli, wait_for
-from tests.integration.test_api_harness import Api, api_env, assert_problem, delete_queues, serve
+from tests.conftest import (
+    REDIS_URL,
+    ProcessFactory,
+    WorkerFactory,
+    delete_queues,
+    run_cli,
+    wait_for,
+)
+from tests.integration.test_api_harness import Api, api_env, assert_problem, serve
 
 pytestmark = pytest.mark.integration
 

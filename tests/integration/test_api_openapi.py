@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import schemathesis
 
-from tests.conftest import REDIS_URL, create_database, drop_database
-from tests.integration.test_api_harness import Api, api_env, delete_queues, serve
+from tests.conftest import REDIS_URL, create_database, delete_queues, drop_database
+from tests.integration.test_api_harness import Api, api_env, serve
 from worker.migrate import upgrade
 
 pytestmark = pytest.mark.integration
