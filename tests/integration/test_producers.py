@@ -6,7 +6,6 @@ Real PostgreSQL, Redis and RabbitMQ; the relays are real `conveyor relay` proces
 from __future__ import annotations
 
 import multiprocessing
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -159,7 +158,7 @@ def test_a_queue_deleted_behind_the_producer_does_not_swallow_jobs(
         with Connection(AMQP_URL) as connection:
             connection.default_channel.queue_delete(queue)
         second = enqueue("demo.work", {"n": 2}, queue=queue, app=app)
-        time.sleep(0.2)
+        wait_for(lambda: queued_messages(AMQP_URL, queue) > 0, timeout_s=10, every_s=0.05)
         assert drain_ids(AMQP_URL, queue) == [second]
     finally:
         with Connection(AMQP_URL) as connection:
