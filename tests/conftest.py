@@ -239,6 +239,94 @@ def start_relay(processes: Processes) -> ProcessFactory:
     return start
 
 
+class SharedWorker:
+    """One `conveyor worker` that the tests of a module share, each on a queue of its own.
+
+    It starts on a queue nobody publishes to; :meth:`consume` makes it take a test's queue
+    as well (Celery's ``add_consumer`` control command) and :meth:`release` lets go of it.
+    Only for tests that neither stop nor kill the worker, nor count its processes.
+    """
+
+    def __init__(self, app: ConveyorApp, node: str) -> None:
+        self.app = app
+        self.node = node
+
+    def consume(self, queue: str) -> None:
+        control = self.app.control
+        replies = control.add_consumer(queue, destination=[self.node], reply=True, timeout=30)
+        assert replies, f"worker {self.node} did not answer add_consumer({queue})"
+        # The reply comes once the consumer is declared; consuming starts with it.
+        wait_for(lambda: self._consumes(queue), timeout_s=30)
+
+    def _consumes(self, queue: str) -> bool:
+        active = self.app.control.inspect([self.node], timeout=5).active_queues() or {}
+        return any(entry["name"] == queue for entry in active.get(self.node, []))
+
+    def release(self, queue: str) -> None:
+        self.app.control.cancel_consumer(queue, destination=[self.node], reply=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def module_env(
+    broker_url: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Like `env`, for processes a module's tests share (needs a module-scoped broker_url)."""
+    return {
+        **os.environ,
+        "CONVEYOR_BROKER_URL": broker_url,
+        "CONVEYOR_DATABASE_URL": pg_url,
+        "CONVEYOR_DATA_DIR": str(tmp_path_factory.mktemp("shared") / "var"),
+        "CONVEYOR_TASK_MODULES": TEST_JOBS,
+    }
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    started = Processes(tmp_path_factory.mktemp("shared-processes"))
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_worker(
+    broker_url: str, pg_url: str, module_env: dict[str, str], module_processes: Processes
+) -> Iterator[SharedWorker]:
+    """A worker (prefork, 2 processes) for the module's tests; see :class:`SharedWorker`."""
+    idle = f"test-idle-{uuid.uuid4().hex[:10]}"
+    node = f"{idle}@shared"
+    args = ["worker", "-Q", idle, "-c", "2", "-n", node, "--loglevel", "INFO"]
+    process = module_processes.start(module_env, *args)
+    settings = load_settings(broker_url=broker_url, database_url=pg_url, task_modules=[TEST_JOBS])
+    control = create_app(settings)
+    worker = SharedWorker(control, node)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"the shared worker exited with {process.returncode}")
+        return bool(control.control.ping([node], timeout=1))
+
+    wait_for(ready, timeout_s=120)
+    yield worker
+    module_processes.stop_all()
+    delete_queues(broker_url, [idle])
+    control.ledger.dispose()
+    control.close()
+
+
+@pytest.fixture
+def consuming(shared_worker: SharedWorker, queue: str) -> Iterator[str]:
+    """This test's queue, consumed by the module's shared worker until the test ends."""
+    shared_worker.consume(queue)
+    yield queue
+    shared_worker.release(queue)
+
+
+@pytest.fixture(scope="module")
+def shared_relay(module_env: dict[str, str], module_processes: Processes) -> None:
+    """One relay for the module's tests: it serves every queue of the session's ledger."""
+    module_processes.start(module_env, "relay", "--poll", "0.1")
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 120, every_s: float = 0.2) -> Any:
     """Poll until ``predicate()`` is truthy; return its value, or fail after the timeout."""
     deadline = time.monotonic() + timeout_s
