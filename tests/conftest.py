@@ -96,13 +96,35 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     return BROKERS[request.param]
 
 
-def delete_queues(broker_url: str, names: Iterable[str]) -> None:
+UNFINISHED = ("queued", "scheduled", "running")
+
+
+def retire_jobs(pg_url: str, queues: Iterable[str]) -> None:
+    """Cancel the unfinished jobs a test left in ``queues`` of the session's ledger.
+
+    Otherwise a later test's relay finds them (a `queued` job whose queue is empty for 30 s
+    counts as stranded, a `scheduled` one comes due, a `running` one's lease runs out) and
+    publishes them again, re-creating a queue that the test had deleted.
+    """
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE conveyor_jobs SET state = 'cancelled', run_at = NULL, updated_at = now() "
+            "WHERE queue = ANY(%s) AND state = ANY(%s)",
+            (list(queues), list(UNFINISHED)),
+        )
+
+
+def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None = None) -> None:
     """Delete queues a test made on a shared broker, with their dead-letter queues.
 
-    Each is declared first, as Celery declares it: kombu's Redis transport deletes a
-    queue's messages through the bindings this connection knows, and a fresh one knows
-    none. On RabbitMQ the queue's exchange and its dead-letter exchange go too.
+    With ``pg_url``, the queues' unfinished jobs in that ledger are cancelled first (see
+    :func:`retire_jobs`). Each queue is declared before it is deleted, as Celery declares
+    it: kombu's Redis transport deletes a queue's messages through the bindings this
+    connection knows, and a fresh one knows none. On RabbitMQ the exchanges go too.
     """
+    names = list(names)
+    if pg_url is not None:
+        retire_jobs(pg_url, names)
     with Connection(broker_url) as connection:
         channel = connection.default_channel
         for name in names:
@@ -118,11 +140,11 @@ def delete_queues(broker_url: str, names: Iterable[str]) -> None:
 
 
 @pytest.fixture
-def queue(broker_url: str) -> Iterator[str]:
-    """A queue name no other test uses; deleted from the broker afterwards (with `Q.dead`)."""
+def queue(broker_url: str, pg_url: str) -> Iterator[str]:
+    """A queue name no other test uses; deleted afterwards, with `Q.dead` and its jobs."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    delete_queues(broker_url, [name])
+    delete_queues(broker_url, [name], pg_url=pg_url)
 
 
 @pytest.fixture
@@ -308,7 +330,7 @@ def shared_worker(
     wait_for(ready, timeout_s=120)
     yield worker
     module_processes.stop_all()
-    delete_queues(broker_url, [idle])
+    delete_queues(broker_url, [idle], pg_url=pg_url)
     control.ledger.dispose()
     control.close()
 

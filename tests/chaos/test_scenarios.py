@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import pytest
+import redis
+from kombu import Connection
 
 from tests.chaos.report import FULL_JOBS, FULL_SEED, FULL_TIMEOUT_S, save_report
 from tests.conftest import AMQP_URL, PG_ADMIN_URL, run_cli
 from worker.chaos.scenarios import SCENARIOS
+from worker.cli_chaos import DEFAULT_REDIS
 
 CI_JOBS = {"worker-kill": 150, "broker-restart": 150, "db-outage": 150, "network": 150}
 """Jobs per CI run; the scenarios that break a service run a little smaller."""
@@ -31,6 +35,29 @@ EVERY_RUN = [
     for scenario in sorted(SCENARIOS)
     for broker in ("redis", "rabbitmq")
 ]
+
+
+def delete_run_queues(stderr: str) -> None:
+    """Delete the queue a run left on the shared broker, and its `.dead` queue.
+
+    A run names its queue ``chaos-RUN_ID`` and says its id on stderr ("run RUN_ID: ...");
+    only that queue is deleted, never another run's (one may run from another checkout).
+    """
+    found = re.search(r"^run (\S+): broker", stderr, re.MULTILINE)
+    if found is None:
+        return
+    names = [f"chaos-{found.group(1)}", f"chaos-{found.group(1)}.dead"]
+    if "-redis-" in found.group(1):
+        client = redis.Redis.from_url(DEFAULT_REDIS)
+        for name in names:
+            client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+        client.close()
+        return
+    with Connection(AMQP_URL) as connection:
+        channel = connection.default_channel
+        for name in names:
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
 
 
 def chaos_run(
@@ -44,6 +71,7 @@ def chaos_run(
         env=env,
         timeout_s=(timeout_s or 800) + 50,
     )
+    delete_run_queues(result.stderr)
     report: dict[str, Any] = json.loads(result.stdout)
     assert result.returncode == (0 if report["ok"] else 1)
     return report

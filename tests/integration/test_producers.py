@@ -15,7 +15,7 @@ from kombu import Connection
 from sqlalchemy import func, select
 
 from config import load_settings
-from tests.conftest import AMQP_URL, TEST_JOBS, Processes, kill_group, wait_for
+from tests.conftest import AMQP_URL, TEST_JOBS, Processes, delete_queues, kill_group, wait_for
 from worker.app import ConveyorApp, create_app
 from worker.client import cancel, enqueue, get_job
 from worker.errors import JobNotFound
@@ -161,8 +161,7 @@ def test_a_queue_deleted_behind_the_producer_does_not_swallow_jobs(
         wait_for(lambda: queued_messages(AMQP_URL, queue) > 0, timeout_s=10, every_s=0.05)
         assert drain_ids(AMQP_URL, queue) == [second]
     finally:
-        with Connection(AMQP_URL) as connection:
-            connection.default_channel.queue_delete(queue)
+        delete_queues(AMQP_URL, [queue], pg_url=pg_url)
         app.ledger.dispose()
 
 
