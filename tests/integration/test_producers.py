@@ -125,6 +125,9 @@ def test_two_relays_over_2000_outbox_rows_publish_each_exactly_once(
     processes.start(env, "relay", "--poll", "0.05")
     processes.start(env, "relay", "--poll", "0.05")
     wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.5)
+    # Stopped before the drain: once it has emptied the queue, a relay would take the jobs,
+    # still `queued` 30 s on, for stranded ones and publish them again (worker/relay.py).
+    processes.stop_all()
     published = drain_ids(broker_url, queue)
     assert len(published) == 2000
     assert Counter(published) == Counter(ids)
@@ -139,6 +142,7 @@ def test_a_relay_killed_mid_batch_loses_nothing(
     kill_group(first)
     processes.start(env, "relay", "--poll", "0.05")
     wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.5)
+    processes.stop_all()  # before the drain, as above
     published = drain_ids(broker_url, queue)
     assert set(published) == set(ids)  # none lost; a row published just before the kill
     assert len(published) >= len(ids)  # may go out twice, and the worker's claim drops it
