@@ -2,7 +2,12 @@
 
 Nothing here mocks a broker or a database. Each test session gets a fresh PostgreSQL
 database (dropped at the end); each test gets queues of its own, so tests never take
-each other's messages on the shared brokers.
+each other's messages on the shared brokers, and deletes them (with their dead-letter
+queues and exchanges) afterwards.
+
+The hooks at the end hold the suite to its tiers and its time budget (docs/testing.md):
+every test carries exactly one of the tier markers, and a run that takes longer than
+the budget says so in its summary.
 """
 
 from __future__ import annotations
@@ -13,18 +18,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from conveyor.config import load_settings
 from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.deadletter import dead_letter_destination
 from conveyor.worker.migrate import upgrade
 from conveyor.worker.models import JobState
 from tests import jobs as test_jobs
@@ -89,15 +96,55 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     return BROKERS[request.param]
 
 
+UNFINISHED = ("queued", "scheduled", "running")
+
+
+def retire_jobs(pg_url: str, queues: Iterable[str]) -> None:
+    """Cancel the unfinished jobs a test left in ``queues`` of the session's ledger.
+
+    Otherwise a later test's relay finds them (a `queued` job whose queue is empty for 30 s
+    counts as stranded, a `scheduled` one comes due, a `running` one's lease runs out) and
+    publishes them again, re-creating a queue that the test had deleted.
+    """
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE conveyor_jobs SET state = 'cancelled', run_at = NULL, updated_at = now() "
+            "WHERE queue = ANY(%s) AND state = ANY(%s)",
+            (list(queues), list(UNFINISHED)),
+        )
+
+
+def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None = None) -> None:
+    """Delete queues a test made on a shared broker, with their dead-letter queues.
+
+    With ``pg_url``, the queues' unfinished jobs in that ledger are cancelled first (see
+    :func:`retire_jobs`). Each queue is declared before it is deleted, as Celery declares
+    it: kombu's Redis transport deletes a queue's messages through the bindings this
+    connection knows, and a fresh one knows none. On RabbitMQ the exchanges go too.
+    """
+    names = list(names)
+    if pg_url is not None:
+        retire_jobs(pg_url, names)
+    with Connection(broker_url) as connection:
+        channel = connection.default_channel
+        for name in names:
+            for queue in (
+                Queue(name, Exchange(name), routing_key=name),
+                dead_letter_destination(name),
+            ):
+                bound = queue.bind(channel)
+                bound.declare()
+                bound.delete()
+                with suppress(Exception):  # Redis keeps no exchange apart from its bindings
+                    bound.exchange.delete()
+
+
 @pytest.fixture
-def queue(broker_url: str) -> Iterator[str]:
-    """A queue name no other test uses; deleted from the broker afterwards."""
+def queue(broker_url: str, pg_url: str) -> Iterator[str]:
+    """A queue name no other test uses; deleted afterwards, with `Q.dead` and its jobs."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    with Connection(broker_url) as connection:
-        # Declared first: on Redis a fresh connection only deletes the queues it knows of.
-        connection.default_channel.queue_declare(name, durable=True, auto_delete=False)
-        connection.default_channel.queue_delete(name)
+    delete_queues(broker_url, [name], pg_url=pg_url)
 
 
 @pytest.fixture
@@ -214,6 +261,94 @@ def start_relay(processes: Processes) -> ProcessFactory:
     return start
 
 
+class SharedWorker:
+    """One `conveyor worker` that the tests of a module share, each on a queue of its own.
+
+    It starts on a queue nobody publishes to; :meth:`consume` makes it take a test's queue
+    as well (Celery's ``add_consumer`` control command) and :meth:`release` lets go of it.
+    Only for tests that neither stop nor kill the worker, nor count its processes.
+    """
+
+    def __init__(self, app: ConveyorApp, node: str) -> None:
+        self.app = app
+        self.node = node
+
+    def consume(self, queue: str) -> None:
+        control = self.app.control
+        replies = control.add_consumer(queue, destination=[self.node], reply=True, timeout=30)
+        assert replies, f"worker {self.node} did not answer add_consumer({queue})"
+        # The reply comes once the consumer is declared; consuming starts with it.
+        wait_for(lambda: self._consumes(queue), timeout_s=30)
+
+    def _consumes(self, queue: str) -> bool:
+        active = self.app.control.inspect([self.node], timeout=5).active_queues() or {}
+        return any(entry["name"] == queue for entry in active.get(self.node, []))
+
+    def release(self, queue: str) -> None:
+        self.app.control.cancel_consumer(queue, destination=[self.node], reply=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def module_env(
+    broker_url: str, pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Like `env`, for processes a module's tests share (needs a module-scoped broker_url)."""
+    return {
+        **os.environ,
+        "CONVEYOR_BROKER_URL": broker_url,
+        "CONVEYOR_DATABASE_URL": pg_url,
+        "CONVEYOR_DATA_DIR": str(tmp_path_factory.mktemp("shared") / "var"),
+        "CONVEYOR_TASK_MODULES": TEST_JOBS,
+    }
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    started = Processes(tmp_path_factory.mktemp("shared-processes"))
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_worker(
+    broker_url: str, pg_url: str, module_env: dict[str, str], module_processes: Processes
+) -> Iterator[SharedWorker]:
+    """A worker (prefork, 2 processes) for the module's tests; see :class:`SharedWorker`."""
+    idle = f"test-idle-{uuid.uuid4().hex[:10]}"
+    node = f"{idle}@shared"
+    args = ["worker", "-Q", idle, "-c", "2", "-n", node, "--loglevel", "INFO"]
+    process = module_processes.start(module_env, *args)
+    settings = load_settings(broker_url=broker_url, database_url=pg_url, task_modules=[TEST_JOBS])
+    control = create_app(settings)
+    worker = SharedWorker(control, node)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"the shared worker exited with {process.returncode}")
+        return bool(control.control.ping([node], timeout=1))
+
+    wait_for(ready, timeout_s=120)
+    yield worker
+    module_processes.stop_all()
+    delete_queues(broker_url, [idle], pg_url=pg_url)
+    control.ledger.dispose()
+    control.close()
+
+
+@pytest.fixture
+def consuming(shared_worker: SharedWorker, queue: str) -> Iterator[str]:
+    """This test's queue, consumed by the module's shared worker until the test ends."""
+    shared_worker.consume(queue)
+    yield queue
+    shared_worker.release(queue)
+
+
+@pytest.fixture(scope="module")
+def shared_relay(module_env: dict[str, str], module_processes: Processes) -> None:
+    """One relay for the module's tests: it serves every queue of the session's ledger."""
+    module_processes.start(module_env, "relay", "--poll", "0.1")
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 120, every_s: float = 0.2) -> Any:
     """Poll until ``predicate()`` is truthy; return its value, or fail after the timeout."""
     deadline = time.monotonic() + timeout_s
@@ -254,3 +389,62 @@ def metric_samples(text: str) -> Samples:
 def metric_value(samples: Samples, name: str, **labels: str) -> float:
     """The sample's value; 0 when the series does not exist (nothing was counted)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+TIERS = ("unit", "integration", "chaos", "full")
+"""The tier markers: each test carries exactly one (see docs/testing.md)."""
+
+
+WITHOUT_ONE_TIER = pytest.StashKey[dict[str, str]]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a suite in which a test has no tier marker, or more than one.
+
+    A plain run stops at collection with the list. Under xdist a worker cannot stop the
+    run cleanly (the controller reports a crash without the reason), so there each such
+    test fails at setup instead, with the reason.
+    """
+    wrong = {}
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong[item.nodeid] = ", ".join(tiers) or "no tier marker"
+    if not wrong:
+        return
+    if hasattr(config, "workerinput"):
+        config.stash[WITHOUT_ONE_TIER] = wrong
+        return
+    listed = "\n".join(f"  {nodeid}: {tiers}" for nodeid, tiers in wrong.items())
+    raise pytest.UsageError(f"each test needs exactly one of {', '.join(TIERS)}:\n{listed}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    tiers = item.config.stash.get(WITHOUT_ONE_TIER, {}).get(item.nodeid)
+    if tiers is not None:
+        pytest.fail(f"each test needs exactly one of {', '.join(TIERS)}; it has: {tiers}", False)
+
+
+BUDGET_S = float(os.environ.get("CONVEYOR_TEST_BUDGET_S", "900"))
+"""The default run's time budget (15 minutes); ``scripts/test --full`` sets its own."""
+_STARTED_AT: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _STARTED_AT.append(time.monotonic())
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say so when the run took longer than its budget: the suite must stay fast."""
+    if not _STARTED_AT or hasattr(config, "workerinput"):
+        return
+    elapsed_s = time.monotonic() - _STARTED_AT[0]
+    if elapsed_s > BUDGET_S:
+        terminalreporter.write_sep(
+            "!",
+            f"over budget: this run took {elapsed_s / 60:.1f} min, the budget is "
+            f"{BUDGET_S / 60:.0f} min; see docs/testing.md",
+            red=True,
+            bold=True,
+        )

@@ -19,6 +19,7 @@ from tests.conftest import (
     REDIS_URL,
     Processes,
     WorkerFactory,
+    delete_queues,
     metric_samples,
     metric_value,
     run_cli,
@@ -28,7 +29,6 @@ from tests.integration.test_api_harness import (
     Api,
     api_env,
     assert_problem,
-    delete_queues,
     serve,
     start_api,
 )
@@ -53,11 +53,11 @@ def keys(api: Api) -> dict[str, str]:
 
 
 @pytest.fixture
-def api_queue(api: Api) -> Iterator[str]:
-    """A queue of this test's own on the shared Redis; deleted afterwards."""
+def api_queue(api: Api, pg_url: str) -> Iterator[str]:
+    """A queue of this test's own on the shared Redis; deleted afterwards, with its jobs."""
     name = f"test-api-{uuid.uuid4().hex[:10]}"
     yield name
-    delete_queues(REDIS_URL, [name])
+    delete_queues(REDIS_URL, [name], pg_url=pg_url)
 
 
 def ledger_rows(pg_url: str, key: str) -> int:

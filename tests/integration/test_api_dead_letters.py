@@ -14,8 +14,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import REDIS_URL, ProcessFactory, WorkerFactory, run_cli, wait_for
-from tests.integration.test_api_harness import Api, api_env, assert_problem, delete_queues, serve
+from tests.conftest import (
+    REDIS_URL,
+    ProcessFactory,
+    WorkerFactory,
+    delete_queues,
+    run_cli,
+    wait_for,
+)
+from tests.integration.test_api_harness import Api, api_env, assert_problem, serve
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +36,10 @@ def api(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 
 
 @pytest.fixture
-def dlq_queue() -> Iterator[str]:
+def dlq_queue(pg_url: str) -> Iterator[str]:
     name = f"test-api-dlq-{uuid.uuid4().hex[:10]}"
     yield name
-    delete_queues(REDIS_URL, [name])
+    delete_queues(REDIS_URL, [name], pg_url=pg_url)
 
 
 def set_gate(pg_url: str, name: str, value: int) -> None:

@@ -13,15 +13,13 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from kombu import Connection, Exchange, Queue
 
-from conveyor.worker.deadletter import dead_letter_destination
 from tests.conftest import TEST_JOBS, Processes, run_cli
 
 PROBLEM_JSON = "application/problem+json"
@@ -45,24 +43,6 @@ def api_env(pg_url: str, broker_url: str, data_dir: Path, **settings: str) -> di
         "CONVEYOR_TASK_MODULES": TEST_JOBS,
         **{f"CONVEYOR_{name.upper()}": value for name, value in settings.items()},
     }
-
-
-def delete_queues(broker_url: str, names: Iterable[str]) -> None:
-    """Delete queues (and their dead-letter queues) a test made on a shared broker.
-
-    Each is declared first, as Celery declares it: kombu's Redis transport deletes a
-    queue's messages through the bindings this connection knows, and a fresh one knows none.
-    """
-    with Connection(broker_url) as connection:
-        channel = connection.default_channel
-        for name in names:
-            for queue in (
-                Queue(name, Exchange(name), routing_key=name),
-                dead_letter_destination(name),
-            ):
-                bound = queue.bind(channel)
-                bound.declare()
-                bound.delete()
 
 
 def create_key(env: dict[str, str], *scopes: str, name: str | None = None) -> str:

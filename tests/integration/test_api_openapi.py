@@ -18,8 +18,8 @@ import pytest
 import schemathesis
 
 from conveyor.worker.migrate import upgrade
-from tests.conftest import REDIS_URL, create_database, drop_database
-from tests.integration.test_api_harness import Api, api_env, delete_queues, serve
+from tests.conftest import REDIS_URL, create_database, delete_queues, drop_database
+from tests.integration.test_api_harness import Api, api_env, serve
 
 pytestmark = pytest.mark.integration
 

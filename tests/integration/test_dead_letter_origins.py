@@ -33,11 +33,12 @@ from tests.conftest import (
     REDIS_URL,
     ProcessFactory,
     WorkerFactory,
+    delete_queues,
     run_cli,
     state_of,
     wait_for,
 )
-from tests.integration.test_api_harness import Api, api_env, delete_queues, serve
+from tests.integration.test_api_harness import Api, api_env, serve
 from tests.integration.test_dead_letters import (
     dead_letters_on_broker,
     dead_rows,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS_URL, run_cli
+from tests.conftest import REDIS_URL, delete_queues, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +65,20 @@ def test_demo_on_the_embedded_default(tmp_path: Path) -> None:
     check_against_ledger(summary, tmp_path / "var" / "ledger.sqlite")
 
 
+@pytest.fixture
+def demo_queues(tmp_path: Path) -> Iterator[None]:
+    """After the demo: delete its queues on the shared Redis (it leaves its `.dead` one)."""
+    yield
+    ledger = tmp_path / "var" / "ledger.sqlite"
+    if ledger.exists():
+        engine = create_engine(f"sqlite:///{ledger}")
+        with engine.connect() as connection:
+            queues = connection.execute(text("SELECT DISTINCT queue FROM conveyor_jobs")).all()
+        engine.dispose()
+        delete_queues(REDIS_URL, [row.queue for row in queues])
+
+
+@pytest.mark.usefixtures("demo_queues")
 def test_demo_on_redis(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, {"CONVEYOR_BROKER_URL": REDIS_URL})
     assert not (tmp_path / "var" / "broker.sqlite").exists()

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,15 @@ from conveyor.worker.app import ConveyorApp, create_app
 from conveyor.worker.client import enqueue
 from conveyor.worker.constants import dead_letter_queue
 from conveyor.worker.models import JobState
-from tests.conftest import BROKERS, TEST_JOBS, Processes, run_cli, state_of, wait_for
+from tests.conftest import (
+    BROKERS,
+    TEST_JOBS,
+    Processes,
+    delete_queues,
+    run_cli,
+    state_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -127,14 +135,7 @@ def flower_stack(broker: str, tmp: Path, pg_url: str) -> Iterator[FlowerStack]:
         yield stack
     finally:
         processes.stop_all()
-        with app.connection_for_write() as connection:
-            channel = connection.default_channel
-            for name in (queue, dead_letter_queue(queue)):
-                # Declared first: on Redis a fresh connection only deletes queues it knows.
-                channel.queue_declare(name, durable=True, auto_delete=False)
-                channel.queue_delete(name)
-            with suppress(Exception):  # the dead-letter exchange, where the broker kept one
-                channel.exchange_delete(dead_letter_queue(queue))
+        delete_queues(BROKERS[broker], [queue], pg_url=pg_url)
         app.ledger.dispose()
         app.close()
 

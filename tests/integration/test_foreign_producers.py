@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ from tests.conftest import (
     TEST_JOBS,
     Processes,
     WorkerFactory,
+    delete_queues,
     state_of,
     wait_for,
 )
@@ -124,10 +126,18 @@ setTimeout(() => client.disconnect().then(() => process.exit(0)), 500);
 """
 
 
-def test_celery_node_on_redis_runs_and_is_tracked(
-    celery_node: Path, pg_url: str, tmp_path: Path, processes: Processes
-) -> None:
+@pytest.fixture
+def node_queue(pg_url: str, tmp_path: Path) -> Iterator[str]:
+    """The celery-node test's queue on the shared Redis; deleted afterwards, with its jobs."""
     queue = f"test-node-{os.getpid()}-{tmp_path.name[-6:]}"
+    yield queue
+    delete_queues(REDIS_URL, [queue], pg_url=pg_url)
+
+
+def test_celery_node_on_redis_runs_and_is_tracked(
+    celery_node: Path, pg_url: str, tmp_path: Path, node_queue: str, processes: Processes
+) -> None:
+    queue = node_queue
     env = {
         **os.environ,
         "CONVEYOR_BROKER_URL": REDIS_URL,

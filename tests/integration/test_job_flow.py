@@ -1,4 +1,8 @@
-"""A job's whole path on each broker: enqueue (CLI and Python), a real worker, the ledger."""
+"""A job's whole path on each broker: enqueue (CLI and Python), a real worker, the ledger.
+
+The tests of a broker share one worker and one relay (none of them stops either); each
+test has a queue of its own, which the worker consumes only while that test runs.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,21 @@ from celery import Celery
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.client import enqueue, get_job
 from conveyor.worker.policy import delay_ceiling_s
-from tests.conftest import ProcessFactory, WorkerFactory, run_cli, terminal, wait_for
+from tests.conftest import BROKERS, SharedWorker, run_cli, terminal, wait_for
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module", params=sorted(BROKERS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Module-scoped here, so that the module's tests share a worker per broker."""
+    return BROKERS[request.param]
+
+
+@pytest.mark.usefixtures("consuming")
 def test_cli_enqueue_runs_on_a_worker_and_jobs_show_prints_it(
-    app: ConveyorApp, env: dict[str, str], queue: str, start_worker: WorkerFactory
+    app: ConveyorApp, env: dict[str, str], queue: str
 ) -> None:
-    start_worker(env, queue)
     enqueued = run_cli("enqueue", "demo.work", '{"n": 7}', "--queue", queue, env=env)
     assert enqueued.returncode == 0, enqueued.stderr
     job_id = enqueued.stdout.strip()
@@ -39,10 +49,10 @@ def test_cli_enqueue_runs_on_a_worker_and_jobs_show_prints_it(
     assert view["created_at"] <= view["updated_at"]
 
 
+@pytest.mark.usefixtures("consuming")
 def test_python_enqueue_runs_and_records_the_result(
-    app: ConveyorApp, env: dict[str, str], queue: str, start_worker: WorkerFactory
+    app: ConveyorApp, env: dict[str, str], queue: str
 ) -> None:
-    start_worker(env, queue)
     job_id = enqueue("demo.work", {"n": 12}, queue=queue, app=app)
     assert wait_for(lambda: terminal(app, job_id)) == "succeeded"
     job = get_job(job_id, app=app)
@@ -53,32 +63,30 @@ def test_python_enqueue_runs_and_records_the_result(
 
 
 def test_same_idempotency_key_returns_the_same_job_and_runs_once(
-    app: ConveyorApp, env: dict[str, str], queue: str, start_worker: WorkerFactory
+    app: ConveyorApp, queue: str, shared_worker: SharedWorker
 ) -> None:
     key = f"order-{queue}"
     first = enqueue("demo.work", {"n": 1}, idempotency_key=key, queue=queue, app=app)
     second = enqueue("demo.work", {"n": 1}, idempotency_key=key, queue=queue, app=app)
     assert first == second
-    start_worker(env, queue)
-    assert wait_for(lambda: terminal(app, first)) == "succeeded"
+    shared_worker.consume(queue)  # only now: both enqueues are on the queue before it runs
+    try:
+        assert wait_for(lambda: terminal(app, first)) == "succeeded"
+    finally:
+        shared_worker.release(queue)
     job = get_job(first, app=app)
     assert job.idempotency_key == key
     assert job.attempts == 1
 
 
+@pytest.mark.usefixtures("consuming", "shared_relay")
 def test_transient_failures_retry_within_the_policy_then_succeed(
-    app: ConveyorApp,
-    env: dict[str, str],
-    queue: str,
-    start_worker: WorkerFactory,
-    start_relay: ProcessFactory,
+    app: ConveyorApp, queue: str
 ) -> None:
     from conveyor.tasks.demo import work  # noqa: F401  (registers demo.work)
     from conveyor.worker.jobs import spec_for
 
     policy = spec_for("demo.work").policy
-    start_worker(env, queue)
-    start_relay(env)
     job_id = enqueue("demo.work", {"n": 2, "fail_times": 2}, queue=queue, app=app)
     assert wait_for(lambda: terminal(app, job_id)) == "succeeded"
 
@@ -99,15 +107,8 @@ def test_transient_failures_retry_within_the_policy_then_succeed(
         assert next_start >= earliest - timedelta(milliseconds=50)
 
 
-def test_exhausted_and_fatal_jobs_end_dead_with_their_error(
-    app: ConveyorApp,
-    env: dict[str, str],
-    queue: str,
-    start_worker: WorkerFactory,
-    start_relay: ProcessFactory,
-) -> None:
-    start_worker(env, queue)
-    start_relay(env)
+@pytest.mark.usefixtures("consuming", "shared_relay")
+def test_exhausted_and_fatal_jobs_end_dead_with_their_error(app: ConveyorApp, queue: str) -> None:
     exhausted = enqueue("demo.work", {"n": 3, "always_fail": True}, queue=queue, app=app)
     fatal = enqueue("demo.work", {"n": 4, "fatal": True}, queue=queue, app=app)
     assert wait_for(lambda: terminal(app, exhausted)) == "dead"
@@ -130,11 +131,11 @@ def test_exhausted_and_fatal_jobs_end_dead_with_their_error(
     assert "cannot succeed" in (job.error_message or "")
 
 
+@pytest.mark.usefixtures("consuming")
 def test_a_foreign_celery_producer_gets_a_ledger_row(
-    app: ConveyorApp, env: dict[str, str], broker_url: str, queue: str, start_worker: WorkerFactory
+    app: ConveyorApp, env: dict[str, str], broker_url: str, queue: str
 ) -> None:
     """A producer that only has Celery and the broker URL: plain send_task, no Conveyor code."""
-    start_worker(env, queue)
     foreign = Celery("foreign", broker=broker_url)
     foreign.conf.task_serializer = "json"
     result = foreign.send_task(

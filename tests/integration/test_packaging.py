@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REDIS_URL, ROOT, wait_for
-from tests.integration.test_api_harness import delete_queues
+from tests.conftest import REDIS_URL, ROOT, delete_queues, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

@@ -6,7 +6,6 @@ Real PostgreSQL, Redis and RabbitMQ; the relays are real `conveyor relay` proces
 from __future__ import annotations
 
 import multiprocessing
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -21,7 +20,7 @@ from conveyor.worker.client import cancel, enqueue, get_job
 from conveyor.worker.errors import JobNotFound
 from conveyor.worker.models import Job
 from conveyor.worker.relay import Relay
-from tests.conftest import AMQP_URL, TEST_JOBS, Processes, kill_group, wait_for
+from tests.conftest import AMQP_URL, TEST_JOBS, Processes, delete_queues, kill_group, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -126,9 +125,8 @@ def test_two_relays_over_2000_outbox_rows_publish_each_exactly_once(
     processes.start(env, "relay", "--poll", "0.05")
     processes.start(env, "relay", "--poll", "0.05")
     wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.5)
-    # Stopped before the queue is drained: a relay that finds the queue empty while its
-    # jobs are still `queued` (no worker here claims them) rightly republishes them as
-    # stranded once they are 30 s old, which a slow machine reaches during the drain.
+    # Stopped before the drain: once it has emptied the queue, a relay would take the jobs,
+    # still `queued` 30 s on, for stranded ones and publish them again (worker/relay.py).
     processes.stop_all()
     published = drain_ids(broker_url, queue)
     assert len(published) == 2000
@@ -144,6 +142,7 @@ def test_a_relay_killed_mid_batch_loses_nothing(
     kill_group(first)
     processes.start(env, "relay", "--poll", "0.05")
     wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.5)
+    processes.stop_all()  # before the drain, as above
     published = drain_ids(broker_url, queue)
     assert set(published) == set(ids)  # none lost; a row published just before the kill
     assert len(published) >= len(ids)  # may go out twice, and the worker's claim drops it
@@ -163,11 +162,10 @@ def test_a_queue_deleted_behind_the_producer_does_not_swallow_jobs(
         with Connection(AMQP_URL) as connection:
             connection.default_channel.queue_delete(queue)
         second = enqueue("demo.work", {"n": 2}, queue=queue, app=app)
-        time.sleep(0.2)
+        wait_for(lambda: queued_messages(AMQP_URL, queue) > 0, timeout_s=10, every_s=0.05)
         assert drain_ids(AMQP_URL, queue) == [second]
     finally:
-        with Connection(AMQP_URL) as connection:
-            connection.default_channel.queue_delete(queue)
+        delete_queues(AMQP_URL, [queue], pg_url=pg_url)
         app.ledger.dispose()
 
 

@@ -133,11 +133,18 @@ def test_a_delayed_retry_waits_in_the_ledger_and_survives_a_worker_kill(
     assert (job.started_at - retry.finished_at).total_seconds() >= 3 - 0.05
 
 
+def skipped(job_id: str, log: Path) -> bool:
+    """The worker's log says it dropped a message of ``job_id`` as redundant."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return any('"job.skipped"' in line and job_id in line for line in lines)
+
+
 def test_the_same_message_delivered_twice_runs_once(
     app: ConveyorApp,
     env: dict[str, str],
     queue: str,
     broker_url: str,
+    processes: Processes,
     start_worker: WorkerFactory,
 ) -> None:
     counter = new_counter(app)
@@ -146,8 +153,9 @@ def test_the_same_message_delivered_twice_runs_once(
     for _ in range(2):
         producer.send_task("test.count", kwargs={"counter": counter}, task_id=job_id, queue=queue)
     start_worker(env, queue)
+    log = processes.tmp_path / f"worker-{len(processes.started) - 1}.log"
     assert wait_for(lambda: terminal(app, job_id)) == "succeeded"
-    time.sleep(1.0)  # give the second copy time to be consumed (and skipped)
+    wait_for(lambda: skipped(job_id, log), timeout_s=60)  # the second copy was taken, and dropped
     assert counter_value(app, counter) == 1
     with app.ledger.session() as session:
         runs = session.scalar(
