@@ -25,7 +25,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection
+from kombu.connection import Connection
 
 from conveyor.worker.chaos.scenarios import SCENARIOS
 from conveyor.worker.cli.chaos import DEFAULT_REDIS

@@ -234,7 +234,7 @@ def test_malformed_oversized_and_invalid_requests_get_their_status(
     bad_query = assert_problem(
         client.get("/v1/jobs?limit=0&state=bogus"), 400, "invalid-parameters"
     )
-    assert {(e["location"], e["field"]) for e in bad_query["errors"]} == {  # type: ignore[union-attr]
+    assert {(e["location"], e["field"]) for e in bad_query["errors"]} == {  # type: ignore[attr-defined]
         ("query", "limit"),
         ("query", "state"),
     }
@@ -270,7 +270,7 @@ def test_malformed_oversized_and_invalid_requests_get_their_status(
         422,
         "invalid-body",
     )
-    fields = {error["field"]: error for error in shape["errors"]}  # type: ignore[union-attr]
+    fields = {error["field"]: error for error in shape["errors"]}  # type: ignore[attr-defined]
     assert set(fields) == {"priority", "when"}
     assert SECRET not in str(shape)
     not_storable = client.post(

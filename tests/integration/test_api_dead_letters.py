@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -55,6 +56,10 @@ def state(client: Any, job_id: str) -> str:
     return str(client.get(f"/v1/jobs/{job_id}").json().get("state"))
 
 
+def has_state(client: Any, job_id: str, expected: str) -> bool:
+    return state(client, job_id) == expected
+
+
 def test_dead_letters_are_listed_read_replayed_and_purged_with_an_audit_trail(
     api: Api,
     dlq_queue: str,
@@ -78,7 +83,7 @@ def test_dead_letters_are_listed_read_replayed_and_purged_with_an_audit_trail(
 
     openable, doomed, also_doomed = enqueue(gate), enqueue("no-such-gate"), enqueue("no-such-gate")
     for job_id in (openable, doomed, also_doomed):
-        wait_for(lambda job_id=job_id: state(admin, job_id) == "dead")
+        wait_for(partial(has_state, admin, job_id, "dead"))
 
     listed = reader.get("/v1/dead-letters", params={"queue": dlq_queue}).json()["items"]
     assert {letter["id"] for letter in listed} == {openable, doomed, also_doomed}

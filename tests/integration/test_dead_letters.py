@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Exchange, Producer, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Producer
 
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.client import enqueue, get_job
@@ -26,6 +29,10 @@ from tests.conftest import (
 from tests.jobs import counters
 
 pytestmark = pytest.mark.integration
+
+
+def is_state(app: ConveyorApp, job_id: str, state: JobState) -> bool:
+    return state_of(app, job_id) == state
 
 
 def dead_letters_on_broker(broker_url: str, queue: str) -> list[dict[str, Any]]:
@@ -80,7 +87,7 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
 
     assert wait_for(lambda: state_of(app, valid) == JobState.SUCCEEDED)
     for job_id in (unknown, invalid, positional, pickled):
-        wait_for(lambda job_id=job_id: state_of(app, job_id) == JobState.DEAD)
+        wait_for(partial(is_state, app, job_id, JobState.DEAD))
     assert get_job(unknown, app=app).dead_reason == "unknown_task"
     assert get_job(unknown, app=app).task == "no.such.task"
     assert get_job(unknown, app=app).payload == {"a": 1}
@@ -163,7 +170,7 @@ def test_dead_jobs_keep_their_facts_then_replay_and_purge_are_audited(
     fatal = enqueue("test.gated", {"gate": gate, "fatal": True}, queue=queue, app=app)
     doomed = enqueue("test.gated", {"gate": "no-such-gate", "fatal": True}, queue=queue, app=app)
     for job_id in (exhausted, fatal, doomed):
-        wait_for(lambda job_id=job_id: state_of(app, job_id) == JobState.DEAD)
+        wait_for(partial(is_state, app, job_id, JobState.DEAD))
 
     shown = run_cli("dlq", "show", exhausted, "--json", env=env)
     assert shown.returncode == 0, shown.stderr
@@ -190,7 +197,7 @@ def test_dead_jobs_keep_their_facts_then_replay_and_purge_are_audited(
     assert outcome["count"] == 2
     assert outcome["removed_from_broker"] == 2
     for old, new in zip(outcome["job_ids"], outcome["new_ids"], strict=True):
-        wait_for(lambda new=new: state_of(app, new) == JobState.SUCCEEDED)
+        wait_for(partial(is_state, app, new, JobState.SUCCEEDED))
         renewed = get_job(new, app=app)
         assert (renewed.replay_of, renewed.attempts, renewed.queue) == (old, 1, queue)
         assert get_job(old, app=app).replayed_as == new

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ def start_service(
 
 
 @pytest.fixture
-def gate(app: ConveyorApp) -> Iterator[str]:
+def gate(app: ConveyorApp) -> str:
     """A counter at 0: ``test.gated`` jobs on it fail (retryable, or fatal if asked)."""
     name = f"gate-{uuid.uuid4().hex[:8]}"
     with app.ledger.transaction() as session:

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import func, select
 
 from conveyor.config import load_settings

@@ -97,7 +97,11 @@ def test_liveness_needs_a_recent_beat() -> None:
 def call(server: ProbeServer, path: str, authorization: str = "") -> tuple[str, bytes]:
     answered: list[str] = []
     environ: dict[str, Any] = {"PATH_INFO": path, "HTTP_AUTHORIZATION": authorization}
-    body = b"".join(server(environ, lambda status, _headers: answered.append(status)))
+
+    def start_response(status: str, _headers: Any, _exc_info: Any = None) -> Any:
+        answered.append(status)
+
+    body = b"".join(server(environ, start_response))
     return answered[0], body
 
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from conveyor.worker.constants import DeadReason
 from conveyor.worker.errors import Fatal, PayloadInvalid, Retryable, RetryAfter
 from conveyor.worker.policy import (
     Backoff,
@@ -30,8 +31,8 @@ from conveyor.worker.policy import (
 
 pytestmark = pytest.mark.unit
 
-FATAL = DeadLetter("fatal")
-EXHAUSTED = DeadLetter("exhausted")
+FATAL = DeadLetter(DeadReason.FATAL)
+EXHAUSTED = DeadLetter(DeadReason.EXHAUSTED)
 
 
 def constant(value: float) -> RandomSource:
@@ -100,7 +101,7 @@ def test_delay_is_rand_times_the_capped_exponential_ceiling(
     ("error", "policy", "decision"),
     [
         (Fatal("no"), RetryPolicy(), FATAL),
-        (PayloadInvalid("bad payload"), RetryPolicy(), DeadLetter("invalid_payload")),
+        (PayloadInvalid("bad payload"), RetryPolicy(), DeadLetter(DeadReason.INVALID_PAYLOAD)),
         (schema_error(), RetryPolicy(), FATAL),
         # Fatal wins over a retry_on that would otherwise match it.
         (Fatal("no"), RetryPolicy(retry_on=(Exception,)), FATAL),

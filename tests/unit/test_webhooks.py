@@ -21,6 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from conveyor.tasks.webhooks import USER_AGENT, ReceiverUnavailable, Webhook, deliver, retry_after_s
+from conveyor.worker.constants import DeadReason
 from conveyor.worker.errors import Fatal, Retryable, RetryAfter
 from conveyor.worker.jobs import JobContext, spec_for
 from conveyor.worker.policy import DeadLetter, Retry, decide
@@ -294,8 +295,8 @@ def test_a_closed_port_is_unavailable() -> None:
         ("/busy", Reply(503, {"Retry-After": "3"}), Retry(3.0)),
         ("/down", Reply(500), Retry(2.5)),  # 0.5 * the first ceiling, 5 s
         ("/stuck", Reply(200, delay_s=1.5), Retry(2.5)),
-        ("/missing", Reply(404), DeadLetter("fatal")),
-        ("/bad", Reply(400), DeadLetter("fatal")),
+        ("/missing", Reply(404), DeadLetter(DeadReason.FATAL)),
+        ("/bad", Reply(400), DeadLetter(DeadReason.FATAL)),
     ],
 )
 def test_the_webhook_policy_decides_on_the_raised_error(
@@ -313,4 +314,4 @@ def test_an_unreachable_receiver_is_retried_until_the_last_attempt() -> None:
         deliver(context(), hook(f"http://127.0.0.1:{closed_port()}/", timeout_s=2))
     policy = spec_for("webhooks.deliver").policy
     assert decide(1, caught.value, policy, lambda: 1.0) == Retry(5.0)
-    assert decide(8, caught.value, policy, lambda: 1.0) == DeadLetter("exhausted")
+    assert decide(8, caught.value, policy, lambda: 1.0) == DeadLetter(DeadReason.EXHAUSTED)
