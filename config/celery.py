@@ -94,3 +94,13 @@ def task_options(*, name: str, queue: str | None, timeout_s: float) -> dict[str,
 def retry_later(countdown_s: float) -> dict[str, Any]:
     """Options of ``Task.retry`` for a message put back without counting an attempt."""
     return {"countdown": countdown_s}
+
+
+def worker_argv(
+    *, queues: str, pool: str, loglevel: str, concurrency: int | None, hostname: str
+) -> list[str]:
+    """The arguments of ``app.worker_main`` for ``conveyor worker``."""
+    argv = ["worker", "--queues", queues, "--pool", pool, "--loglevel", loglevel]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    return [*argv, "--hostname", hostname]

@@ -82,7 +82,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def bury(self, message: Any, reason: DeadReason, exc: Exception) -> None:
         """Dead-letter ``message`` and acknowledge it; requeue it if the ledger is down."""
-        letter = letter_of(message, reason, exc, self.app.conf.task_default_queue)
+        letter = letter_of(message, reason, exc, self.app.settings.default_queue)
         try:
             self.app.dead_letters.bury(letter)
         except SQLAlchemyError:

@@ -25,6 +25,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
+from conveyor.config.celery import worker_argv
 from conveyor.worker.catalog import declare
 from conveyor.worker.cli.api import api, apikey
 from conveyor.worker.cli.chaos import chaos
@@ -126,10 +127,9 @@ def worker(
         known = {state.settings.default_queue}
         known |= {spec.queue for spec in REGISTRY.values() if spec.queue}
         queues = ",".join(sorted(known))
-    argv = ["worker", "--queues", queues, "--pool", pool, "--loglevel", level]
-    if concurrency is not None:
-        argv += ["--concurrency", str(concurrency)]
-    argv += ["--hostname", nodename]
+    argv = worker_argv(
+        queues=queues, pool=pool, loglevel=level, concurrency=concurrency, hostname=nodename
+    )
     declare_jobs(app.ledger, nodename)
     app.worker_main(argv)
 
