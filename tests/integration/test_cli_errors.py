@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env["CONVEYOR_DATA_DIR"] = str(tmp_path / "var")
+    env["CONVEYOR_TASK_MODULES"] = "conveyor.tasks.demo"  # the reference jobs load when named
     return env
 
 
