@@ -34,7 +34,8 @@ from conveyor.worker.ledger import make_engine
 from conveyor.worker.migrate import upgrade
 from conveyor.worker.models import TERMINAL_STATES, Job
 
-CHAOS_MODULES = ["conveyor.worker.chaos.jobs"]
+CHAOS_MODULES = ["conveyor.worker.chaos.jobs", "conveyor.tasks.demo"]
+"""The chaos job, and ``demo.work``: the schema its schema-invalid poison messages break."""
 WORKERS = 2
 CONCURRENCY = 2
 
