@@ -43,6 +43,11 @@ class Fatal(ConveyorError):
 class PayloadInvalid(Fatal):
     """The payload does not match the job's schema (a poison message)."""
 
+    @classmethod
+    def at(cls, task: str, where: str, detail: str) -> PayloadInvalid:
+        """The one wording of a schema error, whichever validator found it."""
+        return cls(f"payload for {task!r} is invalid at {where or 'payload'}: {detail}")
+
 
 class PoisonMessage(Fatal):
     """A message that cannot become a job: not an envelope, or no task header."""

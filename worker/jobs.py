@@ -71,10 +71,8 @@ class JobSpec:
             self.schema.model_validate(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "payload"
-            raise PayloadInvalid(
-                f"payload for {self.name!r} is invalid at {where}: {first['msg']}"
-            ) from None
+            where = ".".join(str(part) for part in first["loc"])
+            raise PayloadInvalid.at(self.name, where, first["msg"]) from None
 
 
 REGISTRY: dict[str, JobSpec] = {}
