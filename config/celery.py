@@ -99,8 +99,15 @@ def retry_later(countdown_s: float) -> dict[str, Any]:
 def worker_argv(
     *, queues: str, pool: str, loglevel: str, concurrency: int | None, hostname: str
 ) -> list[str]:
-    """The arguments of ``app.worker_main`` for ``conveyor worker``."""
+    """The arguments of ``app.worker_main`` for ``conveyor worker``.
+
+    Without mingle and gossip: mingle spends a second of every start asking the other
+    workers for their revoked task ids and clocks, and gossip makes every worker consume
+    every other worker's heartbeats; Conveyor uses neither (a job is cancelled in the
+    ledger, never revoked, and no worker watches another). Flower and the task events do
+    not depend on them.
+    """
     argv = ["worker", "--queues", queues, "--pool", pool, "--loglevel", loglevel]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
-    return [*argv, "--hostname", hostname]
+    return [*argv, "--hostname", hostname, "--without-mingle", "--without-gossip"]
