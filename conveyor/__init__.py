@@ -7,17 +7,18 @@ What most code needs, from one import that cannot collide with a service's own p
 
 The parts live below it: ``conveyor.worker`` (the runtime, the ledger, the CLI and the
 API), ``conveyor.config`` (settings) and ``conveyor.tasks`` (reference jobs, imported only
-when ``CONVEYOR_TASK_MODULES`` names them). The producer functions load on first use, so
-``import conveyor`` in a job module costs no broker client.
+when ``CONVEYOR_TASK_MODULES`` names them). Every name loads on first use, so
+``import conveyor`` costs nothing until a name is used, and a job module that imports
+``job`` pays for no broker client.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from conveyor.worker import Backoff, Fatal, JobContext, RetryAfter, job
-
 if TYPE_CHECKING:
+    from conveyor.worker import Backoff, Fatal, JobContext, RetryAfter, job
     from conveyor.worker.client import cancel, enqueue, get_job
 
 __all__ = ["Backoff", "Fatal", "JobContext", "RetryAfter", "cancel", "enqueue", "get_job", "job"]
@@ -27,7 +28,7 @@ _PRODUCER = frozenset({"cancel", "enqueue", "get_job"})
 
 def __getattr__(name: str) -> Any:
     if name in _PRODUCER:
-        from conveyor.worker import client
-
-        return getattr(client, name)
+        return getattr(importlib.import_module("conveyor.worker.client"), name)
+    if name in __all__:
+        return getattr(importlib.import_module("conveyor.worker"), name)
     raise AttributeError(f"module 'conveyor' has no attribute {name!r}")

@@ -9,7 +9,6 @@ each registered :class:`~worker.jobs.JobSpec` into a Celery task whose body is
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from celery import Celery, Task
@@ -19,8 +18,7 @@ from conveyor.config.celery import retry_later, task_options
 from conveyor.config.settings import BrokerKind
 from conveyor.worker.deadletter import DeadLetters
 from conveyor.worker.embedded import tune_embedded_transport
-from conveyor.worker.errors import ConfigError
-from conveyor.worker.jobs import REGISTRY, JobSpec
+from conveyor.worker.jobs import REGISTRY, JobSpec, import_task_modules
 from conveyor.worker.ledger import Ledger
 from conveyor.worker.observability.probes import ConsumingStep
 from conveyor.worker.observability.tracing import init_tracing
@@ -40,17 +38,6 @@ class ConveyorApp(Celery):  # type: ignore[misc]
     outcomes: Outcomes
     dead_letters: DeadLetters
     runtime: Runtime
-
-
-def import_task_modules(settings: Settings) -> list[str]:
-    """Import the deployment's task modules (``CONVEYOR_TASK_MODULES``); returns their names."""
-    names = list(dict.fromkeys(settings.task_modules))
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"CONVEYOR_TASK_MODULES: cannot import {name!r}: {exc}") from exc
-    return names
 
 
 def create_app(settings: Settings) -> ConveyorApp:

@@ -8,15 +8,19 @@ module never touches a broker.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from conveyor.worker.errors import PayloadInvalid, UnknownTask
+from conveyor.worker.errors import ConfigError, PayloadInvalid, UnknownTask
 from conveyor.worker.policy import Backoff, RetryPolicy
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -133,3 +137,14 @@ def job(
         return fn
 
     return register
+
+
+def import_task_modules(settings: Settings) -> list[str]:
+    """Import the deployment's task modules (``CONVEYOR_TASK_MODULES``); returns their names."""
+    names = list(dict.fromkeys(settings.task_modules))
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"CONVEYOR_TASK_MODULES: cannot import {name!r}: {exc}") from exc
+    return names

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from conveyor.worker.ledger import make_engine
+from conveyor.worker.schema import current_revision
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -30,15 +29,6 @@ def upgrade(url: str) -> tuple[str | None, str]:
     before = current_revision(url)
     command.upgrade(alembic_config(url), "head")
     return before, head_revision()
-
-
-def current_revision(url: str) -> str | None:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
 
 
 def head_revision() -> str:

@@ -1,14 +1,18 @@
-"""CLI read commands that need no worker: the retry schedule of a job type."""
+"""CLI read commands that need no worker: a job type's retry schedule, one job's row."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from conveyor.worker.ledger import Ledger, NewJob
+from tests.conftest import REDIS_URL, ROOT, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +53,40 @@ def test_the_reference_jobs_load_only_when_named(clean_env: dict[str, str]) -> N
     assert result.returncode == 1
     assert "unknown task 'demo.work'" in result.stderr
     assert "known: none" in result.stderr  # nor the chaos harness's job type
+
+
+LIST_MODULES = """
+import sys
+from conveyor.worker.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print("MODULES", *sorted(sys.modules), file=sys.stderr)
+"""
+
+
+def test_jobs_show_reads_the_ledger_without_celery_alembic_or_the_api(
+    clean_env: dict[str, str], pg_url: str
+) -> None:
+    ledger = Ledger(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    job_id = str(uuid.uuid4())
+    ledger.create(NewJob(id=job_id, task="demo.work", queue="q", payload={"n": 1}, max_attempts=4))
+    ledger.dispose()
+    env = {**clean_env, "CONVEYOR_DATABASE_URL": pg_url, "CONVEYOR_BROKER_URL": REDIS_URL}
+    result = subprocess.run(
+        [sys.executable, "-c", LIST_MODULES, "jobs", "show", job_id, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["id"], shown["state"], shown["payload"]) == (job_id, "queued", {"n": 1})
+    modules = set(result.stderr.rsplit("MODULES", 1)[1].split())
+    assert "sqlalchemy.orm" in modules  # it did read the ledger
+    loaded = {name.split(".")[0] for name in modules}
+    assert not {"alembic", "fastapi", "celery", "kombu", "uvicorn"} & loaded
+    assert not any(name.startswith("conveyor.worker.chaos") for name in modules)

@@ -58,7 +58,7 @@ def apikey_create(state: State, name: str, scopes: tuple[str, ...], as_json: boo
     """Create key NAME and print its token: the only time it is shown."""
     from conveyor.worker.api.keys import Scope, create_key
 
-    key, token = create_key(state.app.ledger, name, [Scope(scope) for scope in scopes])
+    key, token = create_key(state.ledger, name, [Scope(scope) for scope in scopes])
     if as_json:
         emit_json(
             {
@@ -85,7 +85,7 @@ def apikey_list(state: State, as_json: bool) -> None:
     """List API keys (never their tokens)."""
     from conveyor.worker.api.keys import list_keys
 
-    keys = list_keys(state.app.ledger)
+    keys = list_keys(state.ledger)
     if as_json:
         emit_json(
             [
@@ -117,7 +117,7 @@ def apikey_revoke(state: State, name: str) -> None:
     from conveyor.worker.api.auth import KEY_CACHE_TTL_S
     from conveyor.worker.api.keys import revoke_key
 
-    if revoke_key(state.app.ledger, name):
+    if revoke_key(state.ledger, name):
         click.echo(f"revoked API key {name!r}; servers refuse it within {KEY_CACHE_TTL_S:g}s")
     else:
         click.echo(f"API key {name!r} was already revoked")

@@ -1,17 +1,24 @@
-"""What every ``conveyor`` command shares: lazily built settings and app, JSON output."""
+"""What every ``conveyor`` command shares: lazily built settings and app, JSON output, failure.
+
+Light on purpose: every command module imports it, and ``conveyor --help`` may import it
+too, so the settings, the app and Sentry are imported when a command first asks for them.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from conveyor.config import Settings, load_settings
-from conveyor.worker.app import ConveyorApp, create_app
-from conveyor.worker.observability.sentry import init_sentry
-from conveyor.worker.schema import ensure_schema, wait_for_schema
+if TYPE_CHECKING:
+    from conveyor.config import Settings
+    from conveyor.worker.app import ConveyorApp
+    from conveyor.worker.ledger import Ledger
+
+EXIT_ERROR = 1
 
 
 class State:
@@ -19,23 +26,41 @@ class State:
 
     @cached_property
     def settings(self) -> Settings:
+        from conveyor.config import load_settings
+
         return load_settings()
 
     waits_for_ledger = False
     """Set by services (worker, relay, API, Flower): wait for the ledger instead of failing."""
 
     @cached_property
+    def ledger(self) -> Ledger:
+        """The ledger alone, for commands that only read or write it (no Celery app)."""
+        from conveyor.worker.ledger import Ledger
+
+        self._check_schema()
+        return Ledger(self.settings.database, pool_size=1)
+
+    @cached_property
     def app(self) -> ConveyorApp:
-        if self.waits_for_ledger:
-            wait_for_schema(self.settings)
-        else:
-            ensure_schema(self.settings)
+        from conveyor.worker.app import create_app
+        from conveyor.worker.observability.sentry import init_sentry
+
+        self._check_schema()
         # Sentry first: its Celery integration must patch Celery before a worker imports it.
         # The component tag is the command without the program name: `worker`, `dlq list`.
         context = click.get_current_context(silent=True)
         command = context.command_path.partition(" ")[2] if context is not None else ""
         init_sentry(self.settings, command or "conveyor")
         return create_app(self.settings)
+
+    def _check_schema(self) -> None:
+        from conveyor.worker.schema import ensure_schema, wait_for_schema
+
+        if self.waits_for_ledger:
+            wait_for_schema(self.settings)
+        else:
+            ensure_schema(self.settings)
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
@@ -50,3 +75,9 @@ metrics_port_option = click.option(
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with one line on stderr and exit code 1."""
+    click.echo(f"conveyor: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)

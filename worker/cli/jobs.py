@@ -9,10 +9,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from conveyor.worker.app import import_task_modules
 from conveyor.worker.catalog import catalog_view
 from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
-from conveyor.worker.jobs import spec_for
+from conveyor.worker.errors import JobNotFound
+from conveyor.worker.jobs import import_task_modules, spec_for
 from conveyor.worker.models import JobState
 from conveyor.worker.operations.views import job_view
 from conveyor.worker.policy import schedule, worst_case_total_s
@@ -29,9 +29,10 @@ def jobs() -> None:
 @pass_state
 def jobs_show(state: State, job_id: str, as_json: bool) -> None:
     """Show one job."""
-    from conveyor.worker.client import get_job
-
-    view = job_view(get_job(job_id, app=state.app))
+    found = state.ledger.get(job_id)
+    if found is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    view = job_view(found)
     if as_json:
         emit_json(view)
         return
@@ -56,7 +57,7 @@ def jobs_list(
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    rows = state.app.ledger.list(state=job_state, task=task, queue=queue, limit=limit)
+    rows = state.ledger.list(state=job_state, task=task, queue=queue, limit=limit)
     views = [job_view(row) for row in rows]
     if as_json:
         emit_json(views)
@@ -110,7 +111,7 @@ def jobs_policy(state: State, task: str, as_json: bool) -> None:
 @pass_state
 def jobs_catalog(state: State, as_json: bool) -> None:
     """List the job types the workers declared: what producers can enqueue without the code."""
-    rows = catalog_view(state.app.ledger.catalog())
+    rows = catalog_view(state.ledger.catalog())
     if as_json:
         emit_json(rows)
         return

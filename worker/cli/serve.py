@@ -1,0 +1,121 @@
+"""``conveyor worker`` and ``conveyor relay``: the two long-running processes of the job path."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+from celery.utils.nodenames import default_nodename, host_format
+from sqlalchemy.exc import SQLAlchemyError
+
+from conveyor.config.celery import worker_argv
+from conveyor.worker.catalog import declare
+from conveyor.worker.cli.common import State, metrics_port_option, pass_state
+from conveyor.worker.constants import RELAY_POLL_S
+from conveyor.worker.jobs import REGISTRY
+from conveyor.worker.ledger import Ledger
+from conveyor.worker.observability.logs import configure_logging
+from conveyor.worker.observability.metrics import use_multiprocess
+from conveyor.worker.observability.probes import (
+    WORKER_LIVENESS,
+    ConsumingCollector,
+    serve_probes,
+)
+
+log = logging.getLogger("conveyor.cli")
+
+
+def declare_jobs(ledger: Ledger, worker: str) -> None:
+    """Put this worker's job types in the catalog; a worker starts even if it cannot."""
+    try:
+        declared = declare(ledger, REGISTRY.values(), worker=worker)
+    except SQLAlchemyError:
+        log.warning("catalog.declare_failed", exc_info=True)
+        return
+    log.info("catalog.declared", extra={"jobs": declared, "worker": worker})
+
+
+@click.command()
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: all known).")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), help="Worker processes.")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
+@click.option("-n", "--hostname", help="Worker node name, e.g. w1@%h (default: conveyor-PID@%h).")
+@click.option("--loglevel", default=None, help="Log level (default: CONVEYOR_LOG_LEVEL).")
+@metrics_port_option
+@pass_state
+def worker(
+    state: State,
+    queues: str | None,
+    concurrency: int | None,
+    pool: str,
+    hostname: str | None,
+    loglevel: str | None,
+    metrics_port: int | None,
+) -> None:
+    """Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit).
+
+    With a metrics port, it serves /metrics, /healthz (consuming?) and /readyz.
+    """
+    settings = state.settings
+    level = loglevel or settings.log_level
+    configure_logging(level, settings.log_format)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        # Before anything is counted, and before the pool forks its children.
+        directory = Path(tempfile.mkdtemp(prefix="conveyor-metrics-"))
+        use_multiprocess(directory)
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    state.waits_for_ledger = True
+    app = state.app
+    # Unique per process unless named: on RabbitMQ a second worker with the same node name
+    # dies at start (its control queue is exclusive), e.g. two workers on one host.
+    nodename = host_format(default_nodename(hostname or f"conveyor-{os.getpid()}@%h"))
+    if port is not None:
+        serve_probes(
+            app,
+            port=port,
+            live=lambda: WORKER_LIVENESS.live,
+            extra=ConsumingCollector(nodename, WORKER_LIVENESS),
+        )
+    if queues is None:
+        known = {state.settings.default_queue}
+        known |= {spec.queue for spec in REGISTRY.values() if spec.queue}
+        queues = ",".join(sorted(known))
+    argv = worker_argv(
+        queues=queues, pool=pool, loglevel=level, concurrency=concurrency, hostname=nodename
+    )
+    declare_jobs(app.ledger, nodename)
+    app.worker_main(argv)
+
+
+@click.command()
+@click.option("--poll", "poll_s", type=click.FloatRange(0.01, 60), default=RELAY_POLL_S)
+@click.option(
+    "--alive-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Touch this file after every pass (for liveness probes).",
+)
+@metrics_port_option
+@pass_state
+def relay(state: State, poll_s: float, alive_file: Path | None, metrics_port: int | None) -> None:
+    """Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it).
+
+    With a metrics port, it serves /metrics (with the ledger's queue gauges), /healthz (a
+    pass finished lately) and /readyz.
+    """
+    from conveyor.worker.relay import Relay
+
+    settings = state.settings
+    configure_logging(settings.log_level, settings.log_format)
+    state.waits_for_ledger = True
+    runner = Relay(state.app, poll_s=poll_s, alive_file=alive_file)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        serve_probes(state.app, port=port, live=lambda: runner.liveness.live, with_ledger=True)
+    runner.stop_on_signals()
+    runner.run()
