@@ -43,9 +43,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_default_queue": settings.default_queue,
         "task_create_missing_queues": True,
-        # Events for Flower.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost a publish per step of every job (and, on RabbitMQ, a confirm per
+        # enqueue): workers send them only once a monitor asks (`celery control
+        # enable_events`, which Flower sends), unless CONVEYOR_TASK_EVENTS says always.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "enable_utc": True,
         "timezone": "UTC",
         # Poison messages (undecodable, unknown task, not JSON) are dead-lettered, not dropped.

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(300, gt=0, description="Hard time limit for any job.")
     worker_concurrency: int = Field(2, gt=0, le=256)
     prefetch_multiplier: int = Field(1, gt=0, le=64)
+    task_events: bool = Field(
+        False,
+        description=(
+            "Send Celery task events from the start (workers) and a task-sent event per "
+            "enqueue (producers). Off, workers send them once a monitor asks (Flower does "
+            "as it starts, and every 5 s) and producers send none."
+        ),
+    )
     db_pool_size: int = Field(5, gt=0, le=100)
     api_max_body_bytes: int = Field(
         1_048_576, gt=0, description="HTTP API: largest request body accepted (413 above)."

@@ -120,6 +120,10 @@ def flower_stack(broker: str, tmp: Path, pg_url: str) -> Iterator[FlowerStack]:
     processes = Processes(tmp)
     try:
         processes.start(env, "worker", "-Q", queue, "-c", "1", "-n", node, "--loglevel", "INFO")
+        worker_log = tmp / "worker-0.log"
+        # Workers send task events only once a monitor asks: Flower asks the workers that
+        # run when it starts (then every 5 s), so the worker is up before Flower starts.
+        wait_for(lambda: f"{node} ready." in worker_log.read_text(), timeout_s=60)
         flower = processes.start(env, "flower")
         stack = FlowerStack(
             broker=broker,
@@ -132,6 +136,7 @@ def flower_stack(broker: str, tmp: Path, pg_url: str) -> Iterator[FlowerStack]:
         )
         wait_until_up(stack.base_url, flower, stack.log)
         wait_for(lambda: node in stack.get("/api/workers?refresh=1").json(), timeout_s=60)
+        wait_for(lambda: "Events of group {task} enabled" in worker_log.read_text(), timeout_s=30)
         yield stack
     finally:
         processes.stop_all()

@@ -250,7 +250,9 @@ def test_celery_options_that_hold_on_every_broker() -> None:
     assert options["task_reject_on_worker_lost"] is True
     assert options["worker_prefetch_multiplier"] == 1
     assert options["broker_connection_retry_on_startup"] is True
-    assert options["worker_send_task_events"] is True
+    # Task events only once a monitor asks for them (Flower does), none from producers.
+    assert options["worker_send_task_events"] is False
+    assert options["task_send_sent_event"] is False
     assert options["task_time_limit"] == 300
     assert "broker_transport_options" not in options
     assert "task_default_queue_type" not in options
@@ -264,9 +266,11 @@ def test_celery_options_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
             "CONVEYOR_WORKER_CONCURRENCY": "8",
             "CONVEYOR_TASK_TIME_LIMIT_S": "120",
             "CONVEYOR_DEFAULT_QUEUE": "jobs",
+            "CONVEYOR_TASK_EVENTS": "true",
         },
     )
     options = celery_config(load_settings())
+    assert (options["worker_send_task_events"], options["task_send_sent_event"]) == (True, True)
     assert options["worker_prefetch_multiplier"] == 4
     assert options["worker_concurrency"] == 8
     assert options["task_time_limit"] == 120

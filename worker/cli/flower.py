@@ -9,10 +9,13 @@ loopback and ``FLOWER_UNAUTHENTICATED_API`` end in one line and exit code 1.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 
 import click
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 
 from conveyor.worker.cli.common import State, pass_state
 from conveyor.worker.errors import UsageError
@@ -24,6 +27,8 @@ from conveyor.worker.observability.flower import (
     check_environment,
     flower_argv,
 )
+
+log = logging.getLogger("conveyor.flower")
 
 BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
@@ -86,6 +91,7 @@ def flower(
     state.waits_for_ledger = True
     app = state.app  # imports the task modules: their queues are listed below
     adapt_flower(settings)
+    enable_task_events(app)
     try:
         app.start(argv)
     except OSError as exc:
@@ -94,3 +100,16 @@ def flower(
         raise UsageError(
             f"cannot listen on {options.address}:{options.port}: {exc.strerror}"
         ) from None
+
+
+def enable_task_events(app: Celery) -> None:
+    """Ask the running workers to send task events now.
+
+    Workers send none until a monitor asks (``CONVEYOR_TASK_EVENTS``); Flower asks every
+    5 s, first 5 s after it starts, and would miss the jobs that run in between. A broker
+    that does not answer is no reason to refuse to start: Flower's own requests follow.
+    """
+    try:
+        app.control.enable_events()
+    except BrokerError as exc:
+        log.warning("flower.enable_events_failed", extra={"error": str(exc)})
