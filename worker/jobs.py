@@ -25,26 +25,66 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_S = 300.0
 
 
-@dataclass(frozen=True, slots=True)
 class JobContext:
     """What a running job knows about itself.
 
-    ``session`` is a SQLAlchemy session on the ledger database. Its transaction commits
-    together with the job's success and rolls back when the attempt fails, so effects
-    written through it happen exactly once.
+    ``session`` is a SQLAlchemy session on the ledger database, opened the first time the
+    job uses it. Its transaction commits together with the job's success and rolls back
+    when the attempt fails, so effects written through it happen exactly once. A job that
+    never touches it costs no transaction of its own: its success is one statement.
     """
 
-    job_id: str
-    attempt: int
-    max_attempts: int
-    idempotency_key: str | None
-    task: str
-    queue: str
-    session: Session
+    __slots__ = (
+        "_open_session",
+        "_session",
+        "attempt",
+        "idempotency_key",
+        "job_id",
+        "max_attempts",
+        "queue",
+        "task",
+    )
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        max_attempts: int,
+        idempotency_key: str | None,
+        task: str,
+        queue: str,
+        session: Session | None = None,
+        open_session: Callable[[], Session] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.idempotency_key = idempotency_key
+        self.task = task
+        self.queue = queue
+        self._session = session
+        self._open_session = open_session
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            if self._open_session is None:
+                raise RuntimeError(f"job {self.job_id}: this context has no ledger session")
+            self._session = self._open_session()
+        return self._session
+
+    @property
+    def opened_session(self) -> Session | None:
+        """The session if the job used it, else None (the runtime records success alone)."""
+        return self._session
 
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    def __repr__(self) -> str:
+        return f"JobContext(job_id={self.job_id!r}, task={self.task!r}, attempt={self.attempt})"
 
 
 JobFunction = Callable[[JobContext, Any], Any]

@@ -253,24 +253,32 @@ class Runtime:
     def _run(self, attempt: Attempt) -> Any:
         spec, delivery = attempt.spec, attempt.delivery
         payload = validated(spec, delivery)
-        with self.ledger.session() as session, session.begin():
-            ctx = JobContext(
-                job_id=delivery.job_id,
-                attempt=attempt.number,
-                max_attempts=spec.policy.max_attempts,
-                idempotency_key=attempt.idempotency_key,
-                task=spec.name,
-                queue=delivery.queue,
-                session=session,
-            )
+        ctx = JobContext(
+            job_id=delivery.job_id,
+            attempt=attempt.number,
+            max_attempts=spec.policy.max_attempts,
+            idempotency_key=attempt.idempotency_key,
+            task=spec.name,
+            queue=delivery.queue,
+            open_session=self.ledger.session,
+        )
+        try:
             began = perf_counter()
             try:
                 result = jsonable(spec.fn(ctx, payload))
             finally:
                 attempt.run_s = perf_counter() - began
             written = perf_counter()
-            if not self.ledger.succeed(session, delivery.job_id, attempt.number, result):
-                raise LeaseLost(delivery.job_id)  # rolls back the job's writes
+            # In the job's own transaction if it opened one (its writes commit with the
+            # success, or not at all), else one autocommitted statement.
+            session = ctx.opened_session
+            if not self.ledger.succeed(delivery.job_id, attempt.number, result, session=session):
+                raise LeaseLost(delivery.job_id)  # the job's writes are rolled back
+            if session is not None:
+                session.commit()
+        finally:
+            if ctx.opened_session is not None:
+                ctx.opened_session.close()  # rolls back whatever was not committed
         # The success and the job's own writes are committed now.
         self.outcomes.emit(
             attempt.event(

@@ -700,7 +700,7 @@ def ledger_micro(app: Any, rows: int = MICRO_ROWS) -> dict[str, Any]:
 
     def succeed(on: Ledger, job_id: str, attempt: int) -> None:
         with on.session() as session, session.begin():
-            assert on.succeed(session, job_id, attempt, None)
+            assert on.succeed(job_id, attempt, None, session=session)
 
     def execute(job_id: str) -> None:
         app.runtime.execute(spec, Delivery(job_id, queue, {}, None, None))

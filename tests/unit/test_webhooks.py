@@ -161,7 +161,6 @@ def context(*, idempotency_key: str | None = "order-42", job_id: str = "job-1") 
         idempotency_key=idempotency_key,
         task="webhooks.deliver",
         queue="webhooks",
-        session=None,  # type: ignore[arg-type]  # deliver never touches the ledger
     )
 
 

@@ -1,8 +1,8 @@
 """The job's path through the ledger: create, claim, succeed, fail, renew, cancel.
 
 These run on every job (producers and workers), so each state change is one round trip
-where it can be: the claim is one autocommitted UPDATE, the success one UPDATE inside the
-job's own transaction.
+where it can be: the claim is one autocommitted UPDATE, and so is the success of a job
+that did not use ``ctx.session`` (otherwise one UPDATE inside the job's own transaction).
 """
 
 from __future__ import annotations
@@ -204,14 +204,20 @@ class JobPath(Database):
         # Another worker inserted the row first: wait for its lease, then look again.
         return Claim(None, JobState(state), lease_s_left(lease, now))
 
-    def succeed(self, session: Session, job_id: str, attempt: int, result: Any) -> bool:
-        """Mark the attempt succeeded inside ``session``'s transaction; the caller commits.
+    def succeed(
+        self, job_id: str, attempt: int, result: Any, *, session: Session | None = None
+    ) -> bool:
+        """Mark the attempt succeeded: inside ``session``'s transaction (the caller commits),
+        or, without one, in one autocommitted statement.
 
         The ``attempts`` check fences out a worker whose lease was taken over: if it
         returns False, the caller must roll back so the job's effects are discarded.
         """
         params = {"b_id": job_id, "b_attempt": attempt, "b_result": result, "b_now": utcnow()}
-        return session.execute(SUCCEED, params).first() is not None
+        if session is not None:
+            return session.execute(SUCCEED, params).first() is not None
+        with self.autocommit() as connection:
+            return connection.execute(SUCCEED, params).first() is not None
 
     def fail(
         self,
