@@ -12,6 +12,7 @@ the budget says so in its summary.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
@@ -126,6 +128,8 @@ def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None =
     names = list(names)
     if pg_url is not None:
         retire_jobs(pg_url, names)
+    if broker_url.startswith("redis"):
+        forget_unacked(broker_url, [*names, *(dead_letter_destination(n).name for n in names)])
     with Connection(broker_url) as connection:
         channel = connection.default_channel
         for name in names:
@@ -138,6 +142,30 @@ def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None =
                 bound.delete()
                 with suppress(Exception):  # Redis keeps no exchange apart from its bindings
                     bound.exchange.delete()
+
+
+def forget_unacked(redis_url: str, queues: Iterable[str]) -> int:
+    """Drop what kombu's Redis transport still holds unacknowledged for ``queues``.
+
+    A worker that is killed or stopped with messages in hand leaves them in the
+    ``unacked`` hash (tag -> [message, exchange, routing key]); the next worker on that
+    database puts them back on their queue once the visibility timeout has passed,
+    re-creating a queue the test deleted. Returns how many were dropped.
+    """
+    wanted = set(queues)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tags = []
+        for tag, value in client.hscan_iter("unacked"):
+            with suppress(ValueError, IndexError, TypeError):
+                if json.loads(value)[-1] in wanted:
+                    tags.append(tag)
+        if tags:
+            client.hdel("unacked", *tags)
+            client.zrem("unacked_index", *tags)
+        return len(tags)
+    finally:
+        client.close()
 
 
 @pytest.fixture

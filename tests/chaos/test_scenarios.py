@@ -25,7 +25,7 @@ from kombu.connection import Connection
 from conveyor.worker.chaos.scenarios import SCENARIOS
 from conveyor.worker.cli.chaos import DEFAULT_REDIS
 from tests.chaos.report import FULL_JOBS, FULL_SEED, FULL_TIMEOUT_S, save_report
-from tests.conftest import AMQP_URL, PG_ADMIN_URL, run_cli
+from tests.conftest import AMQP_URL, PG_ADMIN_URL, forget_unacked, run_cli
 
 CI_JOBS = {"worker-kill": 150, "broker-restart": 150, "db-outage": 150, "network": 150}
 """Jobs per CI run; the scenarios that break a service run a little smaller."""
@@ -48,6 +48,7 @@ def delete_run_queues(stderr: str) -> None:
         return
     names = [f"chaos-{found.group(1)}", f"chaos-{found.group(1)}.dead"]
     if "-redis-" in found.group(1):
+        forget_unacked(DEFAULT_REDIS, names)  # a killed worker's messages in hand
         client = redis.Redis.from_url(DEFAULT_REDIS)
         for name in names:
             client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
