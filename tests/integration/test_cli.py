@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.worker.ledger import Ledger, NewJob
-from tests.conftest import REDIS_URL, ROOT, run_cli
+from tests.conftest import REDIS_URL, ROOT, retire_jobs, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -69,19 +69,24 @@ def test_jobs_show_reads_the_ledger_without_celery_alembic_or_the_api(
     clean_env: dict[str, str], pg_url: str
 ) -> None:
     ledger = Ledger(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    job_id = str(uuid.uuid4())
-    ledger.create(NewJob(id=job_id, task="demo.work", queue="q", payload={"n": 1}, max_attempts=4))
+    job_id, queue = str(uuid.uuid4()), f"test-{uuid.uuid4().hex[:12]}"
+    ledger.create(
+        NewJob(id=job_id, task="demo.work", queue=queue, payload={"n": 1}, max_attempts=4)
+    )
     ledger.dispose()
     env = {**clean_env, "CONVEYOR_DATABASE_URL": pg_url, "CONVEYOR_BROKER_URL": REDIS_URL}
-    result = subprocess.run(
-        [sys.executable, "-c", LIST_MODULES, "jobs", "show", job_id, "--json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", LIST_MODULES, "jobs", "show", job_id, "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        retire_jobs(pg_url, [queue])  # or another test's relay would publish it as stranded
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert (shown["id"], shown["state"], shown["payload"]) == (job_id, "queued", {"n": 1})

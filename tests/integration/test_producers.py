@@ -18,9 +18,18 @@ from conveyor.config import load_settings
 from conveyor.worker.app import ConveyorApp, create_app
 from conveyor.worker.client import cancel, enqueue, get_job
 from conveyor.worker.errors import JobNotFound
+from conveyor.worker.ledger import Ledger, NewJob
 from conveyor.worker.models import Job
 from conveyor.worker.relay import Relay
-from tests.conftest import AMQP_URL, TEST_JOBS, Processes, delete_queues, kill_group, wait_for
+from tests.conftest import (
+    AMQP_URL,
+    TEST_JOBS,
+    Processes,
+    delete_queues,
+    kill_group,
+    retire_jobs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +198,45 @@ def test_a_cancelled_job_never_runs_and_a_running_one_is_not_interrupted(
         assert (job.state, job.attempts) == ("cancelled", 0)
     with pytest.raises(JobNotFound):
         cancel("no-such-job", app=app)
+
+
+@pytest.mark.parametrize("in_outbox", [False, True], ids=["alone", "outbox"])
+def test_an_idempotency_key_names_one_job_within_its_window_and_the_newest_after(
+    pg_url: str, in_outbox: bool
+) -> None:
+    """Within the window a key returns its job; past it, the key moves to the new job."""
+    ledger = Ledger(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    key, queue = f"key-{uuid.uuid4().hex}", f"test-{uuid.uuid4().hex[:12]}"
+
+    def create(window_s: float | None, key: str | None = key) -> tuple[str, str, bool]:
+        new = NewJob(
+            id=str(uuid.uuid4()),
+            task="demo.work",
+            queue=queue,
+            payload={},
+            max_attempts=4,
+            idempotency_key=key,
+        )
+        if not in_outbox:
+            return (new.id, *ledger.create(new, window_s=window_s))
+        with ledger.transaction() as session:
+            return (new.id, *ledger.create(new, window_s=window_s, session=session))
+
+    try:
+        first, got, created = create(3600)
+        assert (got, created) == (first, True)
+        second, got, created = create(3600)
+        assert (got, created) == (first, False)
+        assert ledger.get(second) is None  # nothing written for the repeat
+        third, got, created = create(0)  # the first job's window is over
+        assert (got, created) == (third, True)
+        keys = {
+            job_id: job.idempotency_key for job_id in (first, third) if (job := ledger.get(job_id))
+        }
+        assert keys == {first: None, third: key}
+        keyless, got, created = create(3600, key=None)
+        assert (got, created) == (keyless, True)
+        assert [job.state for job in ledger.list(queue=queue, limit=10)].count("queued") == 3
+    finally:
+        retire_jobs(pg_url, [queue])
+        ledger.dispose()
