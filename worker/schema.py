@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import OperationalError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from conveyor.config import Settings
 from conveyor.worker.errors import UsageError
 from conveyor.worker.ledger import make_engine
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 log = logging.getLogger("conveyor.schema")
 
@@ -67,8 +70,10 @@ def wait_for_schema(settings: Settings) -> None:
 
     For services (worker, relay, API, Flower): one that starts while its database is down
     or restarting waits for it, as Celery waits for its broker, instead of exiting and
-    leaving a supervisor to restart it. A wrong schema still fails at once.
+    leaving a supervisor to restart it. A wrong schema still fails at once. (tenacity is
+    imported here: it brings asyncio, which a one-off command has no use for.)
     """
+    from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
     def waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
