@@ -218,6 +218,33 @@ def run_cli(
     )
 
 
+LIST_MODULES = """
+import sys
+from conveyor.worker.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print("MODULES", *sorted(sys.modules), file=sys.stderr)
+"""
+
+
+def run_cli_listing_modules(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `conveyor ARGS...`; return it and every module it had imported when it ended."""
+    result = subprocess.run(
+        [sys.executable, "-c", LIST_MODULES, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    _, _, listed = result.stderr.rpartition("MODULES")
+    return result, set(listed.split())
+
+
 ProcessFactory = Callable[..., subprocess.Popen[bytes]]
 WorkerFactory = ProcessFactory
 

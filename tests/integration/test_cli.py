@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from conveyor.worker.ledger import Ledger, NewJob
-from tests.conftest import REDIS_URL, ROOT, retire_jobs, run_cli
+from tests.conftest import REDIS_URL, retire_jobs, run_cli, run_cli_listing_modules
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +53,6 @@ def test_the_reference_jobs_load_only_when_named(clean_env: dict[str, str]) -> N
     assert "known: none" in result.stderr  # nor the chaos harness's job type
 
 
-LIST_MODULES = """
-import sys
-from conveyor.worker.cli import main
-try:
-    main(sys.argv[1:])
-finally:
-    print("MODULES", *sorted(sys.modules), file=sys.stderr)
-"""
-
-
 def test_jobs_show_reads_the_ledger_without_celery_alembic_or_the_api(
     clean_env: dict[str, str], pg_url: str
 ) -> None:
@@ -76,21 +64,12 @@ def test_jobs_show_reads_the_ledger_without_celery_alembic_or_the_api(
     ledger.dispose()
     env = {**clean_env, "CONVEYOR_DATABASE_URL": pg_url, "CONVEYOR_BROKER_URL": REDIS_URL}
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", LIST_MODULES, "jobs", "show", job_id, "--json"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result, modules = run_cli_listing_modules("jobs", "show", job_id, "--json", env=env)
     finally:
         retire_jobs(pg_url, [queue])  # or another test's relay would publish it as stranded
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert (shown["id"], shown["state"], shown["payload"]) == (job_id, "queued", {"n": 1})
-    modules = set(result.stderr.rsplit("MODULES", 1)[1].split())
     assert "sqlalchemy.orm" in modules  # it did read the ledger
     loaded = {name.split(".")[0] for name in modules}
     assert not {"alembic", "fastapi", "celery", "kombu", "uvicorn"} & loaded

@@ -17,7 +17,7 @@ import pytest
 from conveyor.worker.cli import COMMANDS, cli
 from conveyor.worker.migrate import head_revision
 from conveyor.worker.schema import HEAD_REVISION
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli_listing_modules
 
 pytestmark = pytest.mark.unit
 
@@ -25,28 +25,11 @@ HEAVY = ("sqlalchemy", "alembic", "fastapi", "celery", "kombu", "pydantic", "ric
 """Libraries that `conveyor --help` has no use for (the ORM alone costs about 150 ms)."""
 
 
-LIST_MODULES = """
-import sys
-from conveyor.worker.cli import main
-try:
-    main(sys.argv[1:])
-finally:
-    print("MODULES", *sorted(sys.modules), file=sys.stderr)
-"""
-
-
 def imported_by(*args: str) -> set[str]:
     """Every module that ``conveyor ARGS`` has imported when it ends."""
-    result = subprocess.run(
-        [sys.executable, "-c", LIST_MODULES, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result, modules = run_cli_listing_modules(*args)
     assert result.returncode == 0, result.stderr
-    return set(result.stderr.rsplit("MODULES", 1)[1].split())
+    return modules
 
 
 def test_help_imports_no_heavy_library_and_no_command() -> None:
