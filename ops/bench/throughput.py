@@ -349,11 +349,14 @@ def queue_size(broker_url: str, queue: str) -> int:
 
 
 def delete_queues(broker_url: str, queues: list[str]) -> None:
+    """Delete ``queues`` and, on RabbitMQ, the exchanges of the same names Celery made."""
     with Connection(broker_url) as conn:
         for name in queues:
             channel = conn.channel()
             try:
                 channel.queue_delete(queue=name)
+                if broker_url.startswith("amqp"):
+                    channel.exchange_delete(exchange=name)
             except Exception as exc:  # absent on this broker: nothing to delete
                 log(f"  queue {name}: not deleted ({type(exc).__name__})")
             finally:
