@@ -14,7 +14,8 @@ Run from the repository root, against the development services (see README.md he
     .venv/bin/python -m ops.bench.latency --broker both --rate 50,100,200,400 --json
 
 It creates a ``bench_<random>`` database per broker (dropped afterwards) and a
-``bench-…-latency`` queue (deleted afterwards, with its ``.dead`` queue).
+``bench-…-latency`` queue (deleted afterwards, with its ``.dead`` queue); Redis database
+13, the benchmarks' own, is flushed after each Redis run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 
 from ops.bench.throughput import (
     BROKERS,
@@ -116,6 +118,8 @@ def run(broker: str, rate: float, seconds: float, workdir: Path) -> dict[str, An
     finally:
         worker.stop()
         delete_queues(broker_url, [queue, f"{queue}.dead"])
+        if broker == "redis":  # the bench's own database (13), as throughput.py leaves it
+            redis.Redis.from_url(broker_url).flushdb()
         drop_database(database)
     return {
         "broker": broker,
