@@ -74,21 +74,16 @@ def produce(app: Any, queue: str, count: int, failed: list[BaseException]) -> No
         failed.append(exc)
 
 
-def run(
-    broker: str, jobs: int, every: int, workdir: Path, time_limit_s: int | None = None
-) -> dict[str, Any]:
+def run(broker: str, jobs: int, every: int, workdir: Path) -> dict[str, Any]:
     from conveyor.config import load_settings
     from conveyor.worker.app import create_app
 
     broker_url = BROKERS[broker]
     database = create_database()
     queue = f"bench-{uuid.uuid4().hex[:8]}-soak"
-    env = conveyor_env(broker_url, database)
-    if time_limit_s is not None:
-        env["CONVEYOR_TASK_TIME_LIMIT_S"] = str(time_limit_s)
     worker = Worker(
         [PYTHON, "-m", "conveyor.worker.cli", "worker", "-Q", queue, "-c", str(CONCURRENCY)],
-        env,
+        conveyor_env(broker_url, database),
         workdir / f"{queue}.log",
     )
     samples: list[dict[str, Any]] = []
@@ -150,16 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--every", type=int, default=10_000, help="sample every N jobs")
-    parser.add_argument(
-        "--time-limit", type=int, help="CONVEYOR_TASK_TIME_LIMIT_S for the worker (default 300)"
-    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.jobs < 1 or not 1 <= args.every <= args.jobs:
         parser.error("--jobs must be positive and --every between 1 and --jobs")
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-soak-"))
     try:
-        result = run(args.broker, args.jobs, args.every, workdir, args.time_limit)
+        result = run(args.broker, args.jobs, args.every, workdir)
     except BenchError as exc:
         log(f"FAILED: {exc}")
         return 1
