@@ -25,29 +25,12 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
-from ops.bench.throughput import (
-    BROKERS,
-    CONCURRENCY,
-    PYTHON,
-    TASK,
-    BenchError,
-    Worker,
-    conveyor_env,
-    create_database,
-    delete_queues,
-    drop_database,
-    log,
-    machine,
-    migrate,
-    pg_url,
-)
+from ops.bench.throughput import TASK, BenchError, log, machine, pg_url, running_conveyor
 
 PERCENTILES = (0.50, 0.95, 0.99)
 
@@ -90,37 +73,10 @@ def latencies_ms(database: str, count: int, timeout_s: float) -> list[float]:
 
 
 def run(broker: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
-    from conveyor.config import load_settings
-    from conveyor.worker.app import create_app
-
-    broker_url = BROKERS[broker]
-    database = create_database()
-    queue = f"bench-{uuid.uuid4().hex[:8]}-latency"
-    worker = Worker(
-        [PYTHON, "-m", "conveyor.worker.cli", "worker", "-Q", queue, "-c", str(CONCURRENCY)],
-        conveyor_env(broker_url, database),
-        workdir / f"{queue}.log",
-    )
-    settings = load_settings(
-        broker_url=broker_url, database_url=pg_url(database), task_modules=["ops.bench.jobs"]
-    )
-    try:
-        migrate(broker_url, database)
-        app = create_app(settings)
-        worker.start()
-        time.sleep(5)  # the worker is consuming well before the first job
-        if worker.exited() is not None:
-            raise BenchError(f"the worker exited at start:\n{worker.tail()}")
-        log(f"{broker}: {rate:g} jobs/s for {seconds:g} s on {queue}")
-        count, kept = enqueue_at_rate(app, queue, rate, seconds)
-        samples = latencies_ms(database, count, timeout_s=max(60.0, 4 * seconds))
-        app.ledger.dispose()
-    finally:
-        worker.stop()
-        delete_queues(broker_url, [queue, f"{queue}.dead"])
-        if broker == "redis":  # the bench's own database (13), as throughput.py leaves it
-            redis.Redis.from_url(broker_url).flushdb()
-        drop_database(database)
+    with running_conveyor(broker, "latency", workdir) as bench:
+        log(f"{broker}: {rate:g} jobs/s for {seconds:g} s on {bench.queue}")
+        count, kept = enqueue_at_rate(bench.app, bench.queue, rate, seconds)
+        samples = latencies_ms(bench.database, count, timeout_s=max(60.0, 4 * seconds))
     return {
         "broker": broker,
         "rate": rate,

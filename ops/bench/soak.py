@@ -8,8 +8,8 @@ grow with the number of jobs it has run?
 
     .venv/bin/python -m ops.bench.soak --broker redis --jobs 100000 --every 10000
 
-Cleans up as ``latency.py`` does: its ``bench_<random>`` database, its queue, Redis
-database 13 after a Redis run.
+Cleans up as ``latency.py`` does (``throughput.running_conveyor``): its
+``bench_<random>`` database, its queue, Redis database 13 after a Redis run.
 """
 
 from __future__ import annotations
@@ -20,28 +20,19 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
 from ops.bench.throughput import (
-    BROKERS,
-    CONCURRENCY,
-    PYTHON,
     TASK,
     BenchError,
     Worker,
-    conveyor_env,
-    create_database,
-    delete_queues,
-    drop_database,
     log,
     machine,
-    migrate,
     pg_url,
+    running_conveyor,
 )
 
 
@@ -74,67 +65,42 @@ def produce(app: Any, queue: str, count: int, failed: list[BaseException]) -> No
         failed.append(exc)
 
 
-def run(broker: str, jobs: int, every: int, workdir: Path) -> dict[str, Any]:
-    from conveyor.config import load_settings
-    from conveyor.worker.app import create_app
+def sample(worker: Worker, done: int, began: float) -> dict[str, Any]:
+    """RSS of the worker's main process and of each pool process, now."""
+    assert worker.proc is not None
+    pid = worker.proc.pid
+    return {
+        "succeeded": done,
+        "s": round(time.monotonic() - began, 1),
+        "main_kib": rss_kib(pid),
+        "pool_kib": [rss_kib(child) for child in children(pid)],
+    }
 
-    broker_url = BROKERS[broker]
-    database = create_database()
-    queue = f"bench-{uuid.uuid4().hex[:8]}-soak"
-    worker = Worker(
-        [PYTHON, "-m", "conveyor.worker.cli", "worker", "-Q", queue, "-c", str(CONCURRENCY)],
-        conveyor_env(broker_url, database),
-        workdir / f"{queue}.log",
-    )
+
+def run(broker: str, jobs: int, every: int, workdir: Path) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
-    try:
-        migrate(broker_url, database)
-        app = create_app(
-            load_settings(
-                broker_url=broker_url,
-                database_url=pg_url(database),
-                task_modules=["ops.bench.jobs"],
-            )
-        )
-        worker.start()
-        time.sleep(5)
-        assert worker.proc is not None
+    with running_conveyor(broker, "soak", workdir) as bench:
         failed: list[BaseException] = []
-        producer = threading.Thread(target=produce, args=(app, queue, jobs, failed))
+        producer = threading.Thread(target=produce, args=(bench.app, bench.queue, jobs, failed))
         producer.start()
         began, next_mark = time.monotonic(), every
-        with psycopg.connect(pg_url(database), autocommit=True) as connection:
+        with psycopg.connect(pg_url(bench.database), autocommit=True) as connection:
             while next_mark <= jobs:
                 row = connection.execute(
                     "SELECT count(*) FROM conveyor_jobs WHERE state = 'succeeded'"
                 ).fetchone()
                 done = int(row[0]) if row else 0
                 if done >= next_mark:
-                    pool = children(worker.proc.pid)
-                    samples.append(
-                        {
-                            "succeeded": done,
-                            "s": round(time.monotonic() - began, 1),
-                            "main_kib": rss_kib(worker.proc.pid),
-                            "pool_kib": [rss_kib(pid) for pid in pool],
-                        }
-                    )
+                    samples.append(sample(bench.worker, done, began))
                     log(f"{broker}: {done} done, {samples[-1]}")
                     next_mark += every
-                    continue
-                if worker.exited() is not None:
-                    raise BenchError(f"the worker exited:\n{worker.tail()}")
-                if failed:
+                elif bench.worker.exited() is not None:
+                    raise BenchError(f"the worker exited:\n{bench.worker.tail()}")
+                elif failed:
                     raise BenchError(f"the producer failed: {failed[0]!r}")
-                time.sleep(1)
+                else:
+                    time.sleep(1)
         producer.join()
-        app.ledger.dispose()
-    finally:
-        worker.stop()
-        delete_queues(broker_url, [queue, f"{queue}.dead"])
-        if broker == "redis":
-            redis.Redis.from_url(broker_url).flushdb()
-        drop_database(database)
     return {"broker": broker, "jobs": jobs, "samples": samples}
 
 

@@ -674,6 +674,56 @@ def migrate(broker_url: str, database: str) -> None:
         raise BenchError(f"conveyor migrate failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
+@dataclass
+class Running:
+    """A waiting Conveyor worker on a fresh ledger, and a producer app for it."""
+
+    app: Any
+    database: str
+    queue: str
+    worker: Worker
+
+
+@contextmanager
+def running_conveyor(broker: str, purpose: str, workdir: Path) -> Iterator[Running]:
+    """A fresh migrated ledger, a ``conveyor worker -c 2`` already consuming a new queue,
+    and an app to enqueue with; everything removed afterwards (the queue, its ``.dead``
+    queue, the database, and Redis database 13 after a Redis run).
+
+    For the benchmarks that measure a worker while jobs arrive (``latency.py``,
+    ``soak.py``); the drain benchmark above starts its worker after the backlog instead.
+    """
+    from conveyor.config import load_settings
+    from conveyor.worker.app import create_app
+
+    broker_url = BROKERS[broker]
+    database = create_database()
+    queue = f"bench-{uuid.uuid4().hex[:8]}-{purpose}"
+    worker = Worker(
+        [PYTHON, "-m", "conveyor.worker.cli", "worker", "-Q", queue, "-c", str(CONCURRENCY)],
+        conveyor_env(broker_url, database),
+        workdir / f"{queue}.log",
+    )
+    try:
+        migrate(broker_url, database)
+        settings = load_settings(
+            broker_url=broker_url, database_url=pg_url(database), task_modules=["ops.bench.jobs"]
+        )
+        app = create_app(settings)
+        worker.start()
+        time.sleep(5)  # the worker is consuming well before the first job
+        if worker.exited() is not None:
+            raise BenchError(f"the worker exited at start:\n{worker.tail()}")
+        yield Running(app, database, queue, worker)
+        app.ledger.dispose()
+    finally:
+        worker.stop()
+        delete_queues(broker_url, [queue, f"{queue}.dead"])
+        if broker == "redis":  # the benchmarks' own database (13)
+            redis.Redis.from_url(broker_url).flushdb()
+        drop_database(database)
+
+
 # -- where the time goes: the ledger calls of one job, measured in-process ---------------------
 
 

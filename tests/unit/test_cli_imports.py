@@ -7,9 +7,8 @@ harness, and the command list it prints must say what each command's own help sa
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
-import sys
 
 import click
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from conveyor.worker.cli import COMMANDS, cli
 from conveyor.worker.migrate import head_revision
 from conveyor.worker.schema import HEAD_REVISION
-from tests.conftest import ROOT, run_cli_listing_modules
+from tests.conftest import run_cli, run_cli_listing_modules
 
 pytestmark = pytest.mark.unit
 
@@ -63,14 +62,7 @@ def test_the_command_list_says_what_each_command_says_of_itself(name: str) -> No
 
 
 def test_help_lists_every_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor.worker.cli", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("--help", env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     section = result.stdout.split("Commands:", 1)[1]
     listed = re.findall(r"^  (\S+)  ", section, re.MULTILINE)
@@ -78,14 +70,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_an_unknown_command_is_a_usage_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor.worker.cli", "enqeue"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("enqeue", env=dict(os.environ))
     assert result.returncode == 2
     assert "No such command 'enqeue'" in result.stderr
 
