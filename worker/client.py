@@ -19,7 +19,7 @@ from conveyor.config import load_settings
 from conveyor.worker.admission import check_key_reuse, check_payload
 from conveyor.worker.app import ConveyorApp, create_app
 from conveyor.worker.catalog import job_type
-from conveyor.worker.errors import EnqueueError, JobNotFound, UsageError
+from conveyor.worker.errors import EnqueueError, UsageError
 from conveyor.worker.ledger import NewJob
 from conveyor.worker.models import Job, utcnow
 from conveyor.worker.observability.tracing import job_trace_context, traced_enqueue
@@ -127,11 +127,7 @@ def enqueue(
 
 def get_job(job_id: str, *, app: ConveyorApp | None = None) -> Job:
     """The job's ledger row; raises :class:`~worker.errors.JobNotFound`."""
-    app = app or default_app()
-    found = app.ledger.get(job_id)
-    if found is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
-    return found
+    return (app or default_app()).ledger.require(job_id)
 
 
 def cancel(job_id: str, *, app: ConveyorApp | None = None) -> bool:

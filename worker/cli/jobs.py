@@ -11,7 +11,6 @@ from rich.table import Table
 
 from conveyor.worker.catalog import catalog_view
 from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
-from conveyor.worker.errors import JobNotFound
 from conveyor.worker.jobs import import_task_modules, spec_for
 from conveyor.worker.models import JobState
 from conveyor.worker.operations.views import job_view
@@ -29,10 +28,7 @@ def jobs() -> None:
 @pass_state
 def jobs_show(state: State, job_id: str, as_json: bool) -> None:
     """Show one job."""
-    found = state.ledger.get(job_id)
-    if found is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
-    view = job_view(found)
+    view = job_view(state.ledger.require(job_id))
     if as_json:
         emit_json(view)
         return

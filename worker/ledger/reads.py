@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
+from conveyor.worker.errors import JobNotFound
 from conveyor.worker.ledger.database import Database
 from conveyor.worker.models import Job, JobAttempt
 
@@ -16,6 +17,13 @@ class Reads(Database):
     def get(self, job_id: str) -> Job | None:
         with self.session() as session:
             return session.get(Job, job_id)
+
+    def require(self, job_id: str) -> Job:
+        """The job's row; raises :class:`~worker.errors.JobNotFound` if there is none."""
+        found = self.get(job_id)
+        if found is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return found
 
     def attempts(self, job_id: str) -> Sequence[JobAttempt]:
         with self.session() as session:
