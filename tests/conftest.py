@@ -168,6 +168,32 @@ def forget_unacked(redis_url: str, queues: Iterable[str]) -> int:
         client.close()
 
 
+def queued_messages(broker_url: str, queue: str) -> int:
+    """Messages waiting in ``queue``; 0 while the queue does not exist yet."""
+    with Connection(broker_url) as connection:
+        try:
+            _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
+        except connection.channel_errors:
+            return 0
+    return int(count)
+
+
+def drain_ids(broker_url: str, queue: str) -> list[str]:
+    """Take every message off ``queue`` and return the job ids they carry."""
+    ids = []
+    with Connection(broker_url) as connection:
+        bound = connection.SimpleQueue(queue)
+        while True:
+            try:
+                message = bound.get(block=True, timeout=1)
+            except bound.Empty:
+                break
+            ids.append(message.headers["id"])
+            message.ack()
+        bound.close()
+    return ids
+
+
 @pytest.fixture
 def queue(broker_url: str, pg_url: str) -> Iterator[str]:
     """A queue name no other test uses; deleted afterwards, with `Q.dead` and its jobs."""

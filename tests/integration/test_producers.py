@@ -26,38 +26,14 @@ from tests.conftest import (
     TEST_JOBS,
     Processes,
     delete_queues,
+    drain_ids,
     kill_group,
+    queued_messages,
     retire_jobs,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def queued_messages(broker_url: str, queue: str) -> int:
-    """Messages waiting in ``queue``; 0 while the queue does not exist yet."""
-    with Connection(broker_url) as connection:
-        try:
-            _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
-        except connection.channel_errors:
-            return 0
-    return int(count)
-
-
-def drain_ids(broker_url: str, queue: str) -> list[str]:
-    """Take every message off ``queue`` and return the job ids they carry."""
-    ids = []
-    with Connection(broker_url) as connection:
-        bound = connection.SimpleQueue(queue)
-        while True:
-            try:
-                message = bound.get(block=True, timeout=1)
-            except bound.Empty:
-                break
-            ids.append(message.headers["id"])
-            message.ack()
-        bound.close()
-    return ids
 
 
 def rows_with_key(app: ConveyorApp, key: str) -> int:

@@ -7,11 +7,13 @@ that did not use ``ctx.session`` (otherwise one UPDATE inside the job's own tran
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from conveyor.worker.errors import Failure
@@ -105,6 +107,41 @@ class JobPath(Database):
         with self.transaction() as own:
             return self._create(own, job, window_s)
 
+    def create_many(
+        self,
+        jobs: Sequence[NewJob],
+        *,
+        window_s: float | None = None,
+        session: Session | None = None,
+    ) -> list[tuple[str, bool]]:
+        """Write many new jobs; returns ``(id, created)`` for each, in order.
+
+        What :meth:`create` does for each job, with the rows written by one INSERT
+        (:func:`_insert_rows`): a job whose idempotency key is held
+        already, by an older job or by an earlier job of the same batch, goes through
+        :meth:`create`'s own path afterwards, one by one. With ``session``, every row is
+        written in the caller's transaction (the outbox).
+        """
+        if not jobs:
+            return []
+        now = utcnow()
+        rows = [self._new_row(job, now) for job in jobs]
+        if session is not None:
+            inserted = _insert_rows(session.connection(), rows)
+        else:
+            with self.autocommit() as connection:
+                inserted = _insert_rows(connection, rows)
+        results: list[tuple[str, bool]] = []
+        for job in jobs:
+            if job.id in inserted:
+                results.append((job.id, True))
+            elif session is not None:
+                results.append(self._create(session, job, window_s))
+            else:
+                with self.transaction() as own:
+                    results.append(self._create(own, job, window_s))
+        return results
+
     def _create_alone(self, job: NewJob) -> bool:
         """The common case in one autocommitted INSERT (one round trip on PostgreSQL).
 
@@ -154,10 +191,10 @@ class JobPath(Database):
             ).scalar_one_or_none()
         return cancelled is not None
 
-    def delete(self, job_id: str) -> None:
-        """Remove a job that was never handed to the broker (a failed enqueue)."""
+    def delete(self, *job_ids: str) -> None:
+        """Remove jobs that were never handed to the broker (a failed enqueue)."""
         with self.transaction() as session:
-            session.execute(delete(Job).where(Job.id == job_id))
+            session.execute(delete(Job).where(Job.id.in_(job_ids)))
 
     def claim(
         self,
@@ -298,6 +335,48 @@ class JobPath(Database):
                     .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
                     .values(lease_expires_at=expires)
                 )
+
+
+# A batch of new rows on PostgreSQL: one INSERT whose text does not depend on the number
+# of rows, each column passed as one array and unnested. A multi-row VALUES statement
+# (SQLAlchemy's executemany) cost 150-220 µs per row here, most of it psycopg parsing the
+# long statement; this one 30-40 µs.
+BULK_COLUMNS = (
+    "id", "task", "queue", "state", "attempts", "max_attempts", "idempotency_key", "payload",
+    "priority", "traceparent", "tracestate", "created_at", "updated_at", "run_at",
+)  # fmt: skip
+
+
+def _bulk_insert() -> str:
+    # Built from the table's own metadata, nothing from a caller: no injection possible.
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    casts = [f"%s::{_jobs.c[name].type.compile(dialect=dialect)}[]" for name in BULK_COLUMNS]
+    return (
+        f"INSERT INTO {_jobs.name} ({', '.join(BULK_COLUMNS)}) "  # noqa: S608
+        f"SELECT * FROM unnest({', '.join(casts)}) "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+    )
+
+
+BULK_INSERT = _bulk_insert()
+
+
+def _insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert new rows in one statement, skipping those whose idempotency key is held;
+    returns the ids of the rows inserted."""
+    if connection.dialect.name == "postgresql":
+        from psycopg.types.json import Jsonb
+
+        columns = [[row[name] for row in rows] for name in BULK_COLUMNS]
+        payloads = BULK_COLUMNS.index("payload")
+        columns[payloads] = [Jsonb(payload) for payload in columns[payloads]]
+        return set(connection.exec_driver_sql(BULK_INSERT, tuple(columns)).scalars())
+    statement = (
+        sqlite.insert(_jobs)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(_jobs.c.id)
+    )
+    return set(connection.execute(statement, rows).scalars())
 
 
 def lease_s_left(lease: datetime, now: datetime) -> float:

@@ -4,7 +4,8 @@ Off unless ``CONVEYOR_OTLP_ENDPOINT`` is set. Off, nothing here loads the OpenTe
 SDK or starts a thread: the helpers below return at their first line. On, each process
 exports its spans over OTLP/HTTP (``{endpoint}/v1/traces``) and a job's trace reads
 
-1. ``conveyor.enqueue <task>`` (producer span in the client, API or ``conveyor enqueue``),
+1. ``conveyor.enqueue <task>`` (producer span in the client, API or ``conveyor enqueue``;
+   ``conveyor.enqueue_many`` for a batch, whose jobs share its trace),
 2. ``apply_async/<task>`` (opentelemetry-instrumentation-celery, around the publish; it
    writes the W3C ``traceparent`` into the message's headers),
 3. ``run/<task>`` (the same instrumentation on the worker, parented by that header).
@@ -58,6 +59,7 @@ JOB_ID = "conveyor.job.id"
 JOB_TASK = "conveyor.job.task"
 JOB_QUEUE = "conveyor.job.queue"
 JOB_ATTEMPTS = "conveyor.job.attempts"
+BATCH_SIZE = "conveyor.batch.size"
 
 W3C = TraceContextTextMapPropagator()
 
@@ -176,6 +178,20 @@ def traced_enqueue(
         return traced
 
     return decorate
+
+
+@contextmanager
+def traced_batch(size: int) -> Iterator[None]:
+    """A ``conveyor.enqueue_many`` producer span around a batch (:func:`~worker.client.
+    enqueue_many`): every job of the batch is in its trace. Off, this does nothing."""
+    tracer = _tracer
+    if tracer is None:
+        yield
+        return
+    with tracer.start_as_current_span(
+        "conveyor.enqueue_many", kind=SpanKind.PRODUCER, attributes={BATCH_SIZE: size}
+    ):
+        yield
 
 
 def job_trace_context(*, queue: str) -> tuple[str | None, str | None]:
