@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -22,6 +23,7 @@ from tests.conftest import (
     delete_queues,
     metric_samples,
     metric_value,
+    queued_messages,
     run_cli,
     wait_for,
 )
@@ -220,6 +222,57 @@ def test_an_idempotency_key_gives_one_job_and_refuses_another_payload(
         "invalid-parameters",
     )
     client.post(f"/v1/jobs/{first.json()['id']}/cancel")
+
+
+def test_a_batch_answers_each_job_as_post_v1_jobs_would(
+    api: Api, keys: dict[str, str], api_queue: str, pg_url: str
+) -> None:
+    client = api.client(keys["enqueue"])
+    key = f"batch-{uuid.uuid4().hex}"
+    jobs = [
+        {"task": "demo.work", "payload": {"n": 1}, "queue": api_queue},
+        {"task": "no.such.task", "payload": {}, "queue": api_queue},
+        {"task": "test.typed", "payload": {"count": -1}, "queue": api_queue},
+        {"task": "test.count", "payload": {"counter": "b"}, "queue": api_queue, "delay_s": 600},
+        {"task": "demo.work", "payload": {"n": 2}, "queue": api_queue, "idempotency_key": key},
+        {"task": "demo.work", "payload": {"n": 2}, "queue": api_queue, "idempotency_key": key},
+        {"task": "demo.work", "payload": {"n": 3}, "queue": api_queue, "idempotency_key": key},
+    ]
+    answer = client.post("/v1/jobs:batch", json={"jobs": jobs})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    items = body["items"]
+    assert [item["status"] for item in items] == [202, 422, 422, 202, 202, 202, 409]
+    assert (body["accepted"], body["refused"]) == (4, 3)
+    assert [item["state"] for item in items if item["status"] == 202] == [
+        "queued",
+        "scheduled",
+        "queued",
+        "queued",
+    ]
+    assert items[4]["id"] == items[5]["id"]
+    assert items[1]["problem"]["type"] == "urn:conveyor:problem:unknown-task"
+    assert items[2]["problem"]["type"] == "urn:conveyor:problem:invalid-payload"
+    assert items[6]["problem"]["type"] == "urn:conveyor:problem:idempotency-key-reused"
+    assert ledger_rows(pg_url, key) == 1
+    admin = api.client(keys["admin"])
+    for item in items:
+        if item["status"] == 202:
+            assert admin.get(f"/v1/jobs/{item['id']}").json()["queue"] == api_queue
+    wait_for(lambda: queued_messages(REDIS_URL, api_queue) == 2, timeout_s=10, every_s=0.05)
+
+    assert_problem(client.post("/v1/jobs:batch", json={"jobs": []}), 422, "invalid-body")
+    too_many = [{"task": "demo.work", "payload": {"n": n}} for n in range(501)]
+    assert_problem(client.post("/v1/jobs:batch", json={"jobs": too_many}), 422, "invalid-body")
+    one_bad = [jobs[0], {"task": "demo.work", "payload": {}, "priority": 10}]
+    refused = assert_problem(
+        client.post("/v1/jobs:batch", json={"jobs": one_bad}), 422, "invalid-body"
+    )
+    assert [error["field"] for error in cast(list[Any], refused["errors"])] == ["jobs.1.priority"]
+    assert queued_messages(REDIS_URL, api_queue) == 2  # a refused body enqueued nothing
+    reader = api.client(keys["read"])
+    denied = reader.post("/v1/jobs:batch", json={"jobs": jobs[:1]})
+    assert_problem(denied, 403, "insufficient-scope")
 
 
 def test_malformed_oversized_and_invalid_requests_get_their_status(

@@ -67,6 +67,7 @@ def test_the_openapi_document_is_valid_and_documents_every_route(api: Api) -> No
         "/readyz",
         "/metrics",
         "/v1/jobs",
+        "/v1/jobs:batch",
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/cancel",
         "/v1/dead-letters",
@@ -83,7 +84,7 @@ def test_the_openapi_document_is_valid_and_documents_every_route(api: Api) -> No
         "scheme": "bearer",
         "description": components["securitySchemes"]["ApiKey"]["description"],
     }
-    for name in ("JobCreate", "JobAccepted", "JobView", "Outcome", "QueuesView"):
+    for name in ("JobCreate", "JobBatch", "JobAccepted", "JobView", "Outcome", "QueuesView"):
         assert components["schemas"][name]["examples"], f"{name} has no example"
     for path, operations in document["paths"].items():
         for method, operation in operations.items():

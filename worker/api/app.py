@@ -29,7 +29,12 @@ from conveyor.worker.api.jobs import jobs_router
 from conveyor.worker.api.problems import CatchAll, Problem, install_handlers
 from conveyor.worker.api.queues import queues_router
 from conveyor.worker.api.ratelimit import RateLimiter
-from conveyor.worker.api.schemas import DeadLetterSelection, JobCreate, ReplaySelection
+from conveyor.worker.api.schemas import (
+    DeadLetterSelection,
+    JobBatch,
+    JobCreate,
+    ReplaySelection,
+)
 from conveyor.worker.app import ConveyorApp
 
 DESCRIPTION = """\
@@ -45,6 +50,7 @@ error is an RFC 9457 problem document (`application/problem+json`).
 EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
     Problem,
     JobCreate,
+    JobBatch,
     DeadLetterSelection,
     ReplaySelection,
 )

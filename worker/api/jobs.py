@@ -14,10 +14,19 @@ from conveyor.worker.api.auth import Authenticator
 from conveyor.worker.api.body import json_body, request_body
 from conveyor.worker.api.keys import Principal, Scope
 from conveyor.worker.api.pagination import Cursor, JobFilter, page
-from conveyor.worker.api.problems import AUTHENTICATED, ProblemError, documented
+from conveyor.worker.api.problems import (
+    AUTHENTICATED,
+    ProblemError,
+    documented,
+    problem_body,
+    translate,
+)
 from conveyor.worker.api.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
     NO_NUL,
+    BatchAccepted,
     JobAccepted,
+    JobBatch,
     JobCreate,
     JobPage,
     JobView,
@@ -25,11 +34,10 @@ from conveyor.worker.api.schemas import (
     UtcDatetime,
 )
 from conveyor.worker.app import ConveyorApp
-from conveyor.worker.client import cancel, enqueue, get_job
+from conveyor.worker.client import Enqueued, JobRequest, cancel, enqueue, enqueue_many, get_job
 from conveyor.worker.models import JobState
 from conveyor.worker.operations.views import job_view
 
-IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
 JobId = Annotated[str, Path(pattern=NO_NUL, description="The job's id.")]
 
 
@@ -81,6 +89,43 @@ def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
                 state = JobState(job.state)
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         return {"id": job_id, "state": state}
+
+    @router.post(
+        ":batch",
+        summary="Enqueue many jobs at once",
+        response_model=BatchAccepted,
+        responses=documented(400, 413, 415, 422, *AUTHENTICATED),
+        openapi_extra=request_body(JobBatch),
+    )
+    def create_jobs(
+        _who: Enqueuer, body: Annotated[JobBatch, Depends(json_body(JobBatch))]
+    ) -> dict[str, Any]:
+        """Up to 500 jobs, written in one statement and published with one wait for the
+        broker. Each job gets what `POST /v1/jobs` would give it alone: an item with 202
+        and the job's id and state, or the status and problem it would have answered
+        (unknown task, invalid payload, reused key, broker down); one refused job does
+        not stop the others. A body that is not a batch at all is a 422, and nothing of it
+        is enqueued."""
+        results = enqueue_many(
+            [
+                JobRequest(
+                    job.task,
+                    job.payload,
+                    idempotency_key=job.idempotency_key,
+                    queue=job.queue,
+                    delay=job.delay_s,
+                    priority=job.priority,
+                )
+                for job in body.jobs
+            ],
+            app=app,
+        )
+        items = [
+            batch_item(app, result, job.delay_s)
+            for result, job in zip(results, body.jobs, strict=True)
+        ]
+        accepted = sum(1 for item in items if item["status"] == 202)
+        return {"accepted": accepted, "refused": len(items) - accepted, "items": items}
 
     @router.get(
         "",
@@ -140,3 +185,17 @@ def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         return job_view(get_job(job_id, app=app))
 
     return router
+
+
+def batch_item(app: ConveyorApp, result: Enqueued, delay_s: float | None) -> dict[str, Any]:
+    """One job's item of a batch's answer (:class:`~worker.api.schemas.BatchItem`)."""
+    if result.error is not None:
+        problem = translate(result.error)
+        if problem is None:  # every error enqueue_many reports has an answer
+            raise result.error
+        return {"status": problem.status, "problem": problem_body(problem)}
+    state = JobState.SCHEDULED if delay_s else JobState.QUEUED
+    if not result.created and result.id is not None:
+        existing = app.ledger.get(result.id)  # the key named an existing job
+        state = JobState(existing.state) if existing is not None else state
+    return {"status": 202, "id": result.id, "state": state}

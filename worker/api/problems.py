@@ -110,6 +110,16 @@ class ProblemError(Exception):
 
 
 def problem_response(problem: ProblemError, instance: str | None = None) -> Response:
+    return JSONResponse(
+        problem_body(problem, instance),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def problem_body(problem: ProblemError, instance: str | None = None) -> dict[str, Any]:
+    """The problem as its JSON object (a response's body, or one item of a batch's)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_PREFIX + problem.kind if problem.kind else "about:blank",
         "title": problem.title or HTTPStatus(problem.status).phrase,
@@ -122,9 +132,7 @@ def problem_response(problem: ProblemError, instance: str | None = None) -> Resp
     if problem.errors is not None:
         body["errors"] = [error.model_dump() for error in problem.errors]
     body.update(problem.extensions)
-    return JSONResponse(
-        body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
-    )
+    return body
 
 
 def field_errors(errors: Any, *, default: Location = "body") -> list[FieldError]:

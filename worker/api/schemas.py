@@ -30,6 +30,9 @@ from conveyor.worker.models import JobState
 NO_NUL: Final = r"^[^\x00]*$"
 QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_DELAY_S: Final = 366 * 86_400
+MAX_BATCH: Final = 500
+"""Most jobs in one ``POST /v1/jobs:batch`` (the body limit, 1 MiB by default, also applies)."""
+IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x20-\x7e]+$"
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=QUEUE_PATTERN)]
@@ -100,6 +103,60 @@ class JobCreate(BaseModel):
         None, ge=0, le=MAX_DELAY_S, allow_inf_nan=False, description="Run no sooner than this."
     )
     priority: int | None = Field(None, ge=0, le=9, description="0 to 9.")
+
+
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN)
+]
+
+
+class BatchJob(JobCreate):
+    """One job of a batch: a job to enqueue, with its own idempotency key if it has one."""
+
+    idempotency_key: IdempotencyKey | None = Field(
+        None,
+        description="As the `Idempotency-Key` header of `POST /v1/jobs`, for this job alone.",
+    )
+
+
+class JobBatch(BaseModel):
+    """Jobs to enqueue together, in one statement and one wait for the broker."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "jobs": [
+                        {"task": "demo.work", "payload": {"n": 1}},
+                        {"task": "demo.work", "payload": {"n": 2}, "idempotency_key": "n-2"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    jobs: list[BatchJob] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    """What became of one job of a batch: accepted (202), or refused with a problem."""
+
+    status: int = Field(examples=[202, 422], description="202, or the problem's status.")
+    id: str | None = Field(None, description="The job's id; an existing job's for a reused key.")
+    state: JobState | None = None
+    problem: dict[str, Any] | None = Field(
+        None, description="Why this job was refused: an RFC 9457 problem, as `POST /v1/jobs`."
+    )
+
+
+class BatchAccepted(BaseModel):
+    """One item per job of the batch, in order; the counts of each outcome."""
+
+    accepted: int
+    refused: int
+    items: list[BatchItem]
 
 
 class JobAccepted(BaseModel):
