@@ -5,6 +5,9 @@ Real PostgreSQL, Redis and RabbitMQ: the messages are read back off the broker.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from tests.conftest import (
     delete_queues,
     drain_ids,
     queued_messages,
+    run_cli,
     wait_for,
 )
 
@@ -169,3 +173,50 @@ def test_an_empty_or_single_batch_is_a_batch(app: ConveyorApp, queue: str, size:
     )
     assert [result.created for result in results] == [True] * size
     assert len(app.ledger.list(queue=queue, limit=10)) == size
+
+
+def test_conveyor_enqueue_from_file_reports_each_refused_line_and_enqueues_the_rest(
+    app: ConveyorApp, env: dict[str, str], queue: str, broker_url: str, tmp_path: Path
+) -> None:
+    lines = [
+        json.dumps({"task": "test.typed", "payload": {"count": 1}, "queue": queue}),
+        "",
+        "{not json",
+        json.dumps({"task": "test.typed", "payload": {"count": 2}, "queue": queue, "delay_s": 60}),
+        json.dumps({"task": "test.typed", "payload": {}, "queue": queue, "colour": "red"}),
+        json.dumps({"task": "no.such.task", "payload": {}, "queue": queue}),
+        json.dumps({"task": "test.typed", "payload": {"count": 3}, "queue": queue, "priority": 2}),
+        json.dumps({"task": "test.typed", "payload": {"count": 4}, "queue": queue}),
+    ]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(lines) + "\n")
+
+    result = run_cli("enqueue", "--from-file", str(jobs), "--batch-size", "2", env=env)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "4 enqueued, 3 refused"
+    refused = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert [line.split(":")[0] for line in refused] == ["line 3", "line 5", "line 6"]
+    assert "unknown task 'no.such.task'" in refused[2]
+    states = sorted(job.state for job in app.ledger.list(queue=queue, limit=10))
+    assert states == ["queued", "queued", "queued", "scheduled"]
+    wait_for(lambda: queued_messages(broker_url, queue) >= 3, timeout_s=10, every_s=0.05)
+    assert queued_messages(broker_url, queue) == 3
+
+    piped = subprocess.run(
+        [sys.executable, "-m", "conveyor.worker.cli", "enqueue", "--from-file", "-", "--json"],
+        input=lines[0] + "\n" + lines[-1] + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    report = json.loads(piped.stdout)
+    assert (report["accepted"], report["refused"]) == (2, 0)
+    assert [job["line"] for job in report["jobs"]] == [1, 2]
+    assert all(app.ledger.get(job["id"]) is not None for job in report["jobs"])
+
+    both = run_cli("enqueue", "test.typed", "--from-file", str(jobs), env=env)
+    assert (both.returncode, "either TASK or --from-file" in both.stderr) == (1, True)

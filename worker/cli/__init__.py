@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "enqueue": (
         "conveyor.worker.cli.enqueue:enqueue",
-        "Enqueue TASK with PAYLOAD (a JSON object) and print the job id.",
+        "Enqueue TASK with PAYLOAD (a JSON object), or each job of --from-file.",
     ),
     "flower": (
         "conveyor.worker.cli.flower:flower",
