@@ -4,6 +4,7 @@ What most code needs, from one import that cannot collide with a service's own p
 
     from conveyor import job, JobContext, RetryAfter, Fatal, Backoff   # writing jobs
     from conveyor import enqueue, get_job, cancel                      # producing them
+    from conveyor import enqueue_many, JobRequest                      # ... many at once
 
 The parts live below it: ``conveyor.worker`` (the runtime, the ledger, the CLI and the
 API), ``conveyor.config`` (settings) and ``conveyor.tasks`` (reference jobs, imported only
@@ -19,11 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conveyor.worker import Backoff, Fatal, JobContext, RetryAfter, job
-    from conveyor.worker.client import cancel, enqueue, get_job
+    from conveyor.worker.client import JobRequest, cancel, enqueue, enqueue_many, get_job
 
-__all__ = ["Backoff", "Fatal", "JobContext", "RetryAfter", "cancel", "enqueue", "get_job", "job"]
+__all__ = [
+    "Backoff",
+    "Fatal",
+    "JobContext",
+    "JobRequest",
+    "RetryAfter",
+    "cancel",
+    "enqueue",
+    "enqueue_many",
+    "get_job",
+    "job",
+]
 
-_PRODUCER = frozenset({"cancel", "enqueue", "get_job"})
+_PRODUCER = frozenset({"JobRequest", "cancel", "enqueue", "enqueue_many", "get_job"})
 
 
 def __getattr__(name: str) -> Any:
