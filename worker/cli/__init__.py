@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "conveyor.worker.cli.api:apikey",
         "Create, list and revoke API keys for the HTTP API.",
     ),
+    "bench": (
+        "conveyor.worker.cli.bench:bench",
+        "Measure plain Celery, Conveyor and Dramatiq side by side on this machine.",
+    ),
     "chaos": ("conveyor.worker.cli.chaos:chaos", "Prove the promises under injected faults."),
     "demo": (
         "conveyor.worker.cli.demo:demo",
