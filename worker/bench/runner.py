@@ -22,6 +22,7 @@ every promise on), ``dramatiq --processes N`` (its default 8 threads per process
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -240,6 +241,22 @@ def _system(name: str, broker_url: str, options: Options) -> Iterator[System]:
             keys = list(client.scan_iter(pattern))
             if keys:
                 client.delete(*keys)
+        forget_unacked(client, queue)
+        client.close()
+
+
+def forget_unacked(client: redis.Redis, queue: str) -> None:
+    """Drop what kombu still holds unacknowledged for ``queue`` (a worker killed with
+    messages in hand leaves them in ``unacked``; the next worker on this database would
+    put them back, re-creating the queue)."""
+    tags = []
+    for tag, value in client.hscan_iter("unacked"):
+        with suppress(ValueError, IndexError, TypeError):
+            if json.loads(value)[-1] == queue:
+                tags.append(tag)
+    if tags:
+        client.hdel("unacked", *tags)
+        client.zrem("unacked_index", *tags)
 
 
 def machine() -> dict[str, Any]:

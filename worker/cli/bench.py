@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -149,6 +151,9 @@ def bench(
         timeout_s=timeout_s,
         workdir=out,
     )
+    # A stopped run still removes what it made (workers, queues, databases): SIGTERM
+    # unwinds like Ctrl-C instead of ending the process where it stands.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         report = run(options)
     except BenchError as exc:
