@@ -113,7 +113,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ("enqueue_single", "enqueue one by one, jobs/s"),
         ("wait_p95_ms", "enqueue-to-start p95, ms"),
     )
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6))
     width = 0.8 / max(len(systems), 1)
     for axis, (name, title) in zip(axes, panels, strict=True):
         for index, system in enumerate(systems):
@@ -129,12 +129,15 @@ def chart(report: dict[str, Any], path: Path) -> None:
         axis.set_xticks([g + width * (len(systems) - 1) / 2 for g in range(len(groups))])
         axis.set_xticklabels([f"{b}\n{k}" for b, k in groups])
         axis.set_title(title)
-    axes[0].legend(fontsize=8)
+        if name.startswith("wait_"):
+            axis.set_yscale("log")  # a system past its capacity waits 100 times longer
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(systems), fontsize=9)
     figure.suptitle(
         f"conveyor bench, {report['machine']['cpus']} CPUs, "
         f"{report['options']['concurrency']} worker processes, medians (min-max bars)"
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
