@@ -155,6 +155,8 @@ def api_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
 def delete_queue(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         connection.default_channel.queue_delete(QUEUE)
+        if broker_url.startswith("amqp"):  # and the exchange of the same name Celery made
+            connection.default_channel.exchange_delete(QUEUE)
     log(f"deleted queue {QUEUE}")
 
 
@@ -213,30 +215,24 @@ async def drive(
 
 
 def measure(base_url: str, token: str, args: argparse.Namespace) -> Result:
-    if args.warmup > 0:
-        log(f"warm-up: {args.warmup:g}s at {args.rate:g}/s (not counted)")
-        asyncio.run(
+    def load(duration_s: float) -> tuple[list[float], int, int, int]:
+        return asyncio.run(
             drive(
                 base_url,
                 token,
                 rate_per_s=args.rate,
-                duration_s=args.warmup,
+                duration_s=duration_s,
                 keyed=args.keyed,
                 batch=args.batch,
             )
         )
+
+    if args.warmup > 0:
+        log(f"warm-up: {args.warmup:g}s at {args.rate:g}/s (not counted)")
+        load(args.warmup)
     log(f"measuring: {args.duration:g}s at {args.rate:g}/s")
     started = time.perf_counter()
-    latencies, accepted, errors, late = asyncio.run(
-        drive(
-            base_url,
-            token,
-            rate_per_s=args.rate,
-            duration_s=args.duration,
-            keyed=args.keyed,
-            batch=args.batch,
-        )
-    )
+    latencies, accepted, errors, late = load(args.duration)
     elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
     return Result(
