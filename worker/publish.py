@@ -81,6 +81,12 @@ class Outgoing:
             options["mandatory"] = True
         return options
 
+    def send(self, app: Celery, producer: Any, *, amqp: bool) -> None:
+        """Hand the message to ``producer`` (no retry here: the callers retry)."""
+        app.send_task(
+            self.task, kwargs=self.payload, producer=producer, retry=False, **self.options(amqp)
+        )
+
 
 class Unroutable(Exception):
     """RabbitMQ returned a mandatory message: no queue was bound to take it."""
@@ -101,13 +107,7 @@ def _send_once(app: Celery, message: Outgoing, amqp: bool) -> None:
         if amqp:
             producer.channel.events["basic_return"].add(on_return)
         try:
-            app.send_task(
-                message.task,
-                kwargs=message.payload,
-                producer=producer,
-                retry=False,
-                **message.options(amqp),
-            )
+            message.send(app, producer, amqp=amqp)
         finally:
             if amqp:
                 producer.channel.events["basic_return"].discard(on_return)
@@ -181,13 +181,7 @@ def _send_pipelined_batch(app: ConveyorApp, messages: Sequence[Outgoing]) -> lis
         producer.connection.ensure_connection(max_retries=CONNECT_RETRIES)
         with producer.batch():
             for message in messages:
-                app.send_task(
-                    message.task,
-                    kwargs=message.payload,
-                    producer=producer,
-                    retry=False,
-                    **message.options(False),
-                )
+                message.send(app, producer, amqp=False)
     return []
 
 
@@ -244,13 +238,7 @@ def _send_confirmed_batch(app: ConveyorApp, messages: Sequence[Outgoing]) -> lis
             channel.events["basic_return"].add(confirms.returned_message)
             producer = Producer(channel)  # type: ignore[no-untyped-call]
             for message in messages:
-                app.send_task(
-                    message.task,
-                    kwargs=message.payload,
-                    producer=producer,
-                    retry=False,
-                    **message.options(True),
-                )
+                message.send(app, producer, amqp=True)
             deadline = monotonic() + CONFIRM_TIMEOUT_S
             while not confirms.complete and monotonic() < deadline:
                 channel.wait([spec.Basic.Ack, spec.Basic.Nack], timeout=deadline - monotonic())

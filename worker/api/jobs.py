@@ -34,7 +34,7 @@ from conveyor.worker.api.schemas import (
     UtcDatetime,
 )
 from conveyor.worker.app import ConveyorApp
-from conveyor.worker.client import Enqueued, JobRequest, cancel, enqueue, enqueue_many, get_job
+from conveyor.worker.client import Enqueued, cancel, enqueue, enqueue_many, get_job
 from conveyor.worker.models import JobState
 from conveyor.worker.operations.views import job_view
 
@@ -106,20 +106,7 @@ def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         (unknown task, invalid payload, reused key, broker down); one refused job does
         not stop the others. A body that is not a batch at all is a 422, and nothing of it
         is enqueued."""
-        results = enqueue_many(
-            [
-                JobRequest(
-                    job.task,
-                    job.payload,
-                    idempotency_key=job.idempotency_key,
-                    queue=job.queue,
-                    delay=job.delay_s,
-                    priority=job.priority,
-                )
-                for job in body.jobs
-            ],
-            app=app,
-        )
+        results = enqueue_many([job.request() for job in body.jobs], app=app)
         items = [
             batch_item(app, result, job.delay_s)
             for result, job in zip(results, body.jobs, strict=True)

@@ -11,7 +11,7 @@ is a 422, never a database error.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +26,9 @@ from pydantic import (
 from conveyor.worker.admission import storable
 from conveyor.worker.constants import DeadReason
 from conveyor.worker.models import JobState
+
+if TYPE_CHECKING:
+    from conveyor.worker.client import JobRequest
 
 NO_NUL: Final = r"^[^\x00]*$"
 QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -117,6 +120,19 @@ class BatchJob(JobCreate):
         None,
         description="As the `Idempotency-Key` header of `POST /v1/jobs`, for this job alone.",
     )
+
+    def request(self) -> JobRequest:
+        """This job as :func:`~worker.client.enqueue_many` takes it."""
+        from conveyor.worker.client import JobRequest
+
+        return JobRequest(
+            self.task,
+            self.payload,
+            idempotency_key=self.idempotency_key,
+            queue=self.queue,
+            delay=self.delay_s,
+            priority=self.priority,
+        )
 
 
 class JobBatch(BaseModel):

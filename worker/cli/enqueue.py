@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 BATCH_SIZE = 500
 """Jobs per :func:`~worker.client.enqueue_many` call when reading a file."""
-FIELDS = {"task", "payload", "idempotency_key", "queue", "delay_s", "priority"}
 
 
 @click.command()
@@ -99,7 +98,6 @@ def _enqueue_file(state: State, source: IO[str], *, batch_size: int, as_json: bo
 
     app = state.app
     outcomes: list[dict[str, Any]] = []
-    accepted = refused = 0
     progress: ProgressBar[str] = click.progressbar(
         source, length=_count_lines(source), label="enqueueing", file=sys.stderr, show_pos=True
     )
@@ -108,19 +106,18 @@ def _enqueue_file(state: State, source: IO[str], *, batch_size: int, as_json: bo
             requests = [request for _, request in batch if not isinstance(request, str)]
             results = iter(enqueue_many(requests, app=app))
             for line, request in batch:
-                error = request if isinstance(request, str) else None
-                job_id = None
-                if error is None:
-                    result = next(results)
-                    job_id = result.id
-                    error = str(result.error) if result.error is not None else None
-                if error is None:
-                    accepted += 1
+                job_id: str | None
+                error: str | None
+                if isinstance(request, str):  # not a job at all
+                    job_id, error = None, request
                 else:
-                    refused += 1
-                    if not as_json:
-                        click.echo(f"line {line}: {error}", err=True)
+                    result = next(results)
+                    job_id, error = result.id, None if result.error is None else str(result.error)
+                if error is not None and not as_json:
+                    click.echo(f"line {line}: {error}", err=True)
                 outcomes.append({"line": line, "id": job_id, "error": error})
+    refused = sum(1 for outcome in outcomes if outcome["error"] is not None)
+    accepted = len(outcomes) - refused
     if as_json:
         emit_json({"accepted": accepted, "refused": refused, "jobs": outcomes})
     else:
@@ -153,35 +150,17 @@ def _batches(source: Iterable[str], size: int) -> Iterator[list[tuple[int, JobRe
 
 
 def _request(text: str) -> JobRequest | str:
-    """The line's job, or why it is not one."""
-    from conveyor.worker.client import JobRequest
+    """The line's job, or why it is not one: the rules of a job of ``POST /v1/jobs:batch``."""
+    from pydantic import ValidationError
+
+    from conveyor.worker.api.schemas import BatchJob
 
     try:
-        job = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return f"not valid JSON: {exc}"
-    if not isinstance(job, dict):
-        return "a job is a JSON object"
-    unknown = sorted(set(job) - FIELDS)
-    if unknown:
-        return f"unknown field(s) {', '.join(unknown)}; a job has {', '.join(sorted(FIELDS))}"
-    task, payload = job.get("task"), job.get("payload", {})
-    if not isinstance(task, str) or not task:
-        return '"task" must be a job name'
-    checks = (
-        (job.get("idempotency_key"), str, '"idempotency_key" must be a string'),
-        (job.get("queue"), str, '"queue" must be a string'),
-        (job.get("delay_s"), (int, float), '"delay_s" must be a number of seconds'),
-        (job.get("priority"), int, '"priority" must be an integer from 0 to 9'),
-    )
-    for value, kind, problem in checks:
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return problem
-    return JobRequest(
-        task,
-        payload,
-        idempotency_key=job.get("idempotency_key"),
-        queue=job.get("queue"),
-        delay=job.get("delay_s"),
-        priority=job.get("priority"),
-    )
+        return BatchJob.model_validate_json(text).request()
+    except ValidationError as exc:
+        return "; ".join(_reason(error["loc"], error["msg"]) for error in exc.errors())
+
+
+def _reason(where: tuple[int | str, ...], why: str) -> str:
+    field = ".".join(str(part) for part in where)
+    return f"{field}: {why}" if field else why

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
@@ -339,26 +340,18 @@ class JobPath(Database):
 
 # A batch of new rows on PostgreSQL: one INSERT whose text does not depend on the number
 # of rows, each column passed as one array and unnested. A multi-row VALUES statement
-# (SQLAlchemy's executemany) cost 150-220 µs per row here, most of it psycopg parsing the
-# long statement; this one 30-40 µs.
-BULK_COLUMNS = (
-    "id", "task", "queue", "state", "attempts", "max_attempts", "idempotency_key", "payload",
-    "priority", "traceparent", "tracestate", "created_at", "updated_at", "run_at",
-)  # fmt: skip
-
-
-def _bulk_insert() -> str:
+# (SQLAlchemy's executemany) cost 143-224 µs per row here, much of it psycopg parsing the
+# long statement; this one 36-53 µs (docs/benchmarks.md).
+@cache
+def _bulk_insert(columns: tuple[str, ...]) -> str:
     # Built from the table's own metadata, nothing from a caller: no injection possible.
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    casts = [f"%s::{_jobs.c[name].type.compile(dialect=dialect)}[]" for name in BULK_COLUMNS]
+    casts = [f"%s::{_jobs.c[name].type.compile(dialect=dialect)}[]" for name in columns]
     return (
-        f"INSERT INTO {_jobs.name} ({', '.join(BULK_COLUMNS)}) "  # noqa: S608
+        f"INSERT INTO {_jobs.name} ({', '.join(columns)}) "  # noqa: S608
         f"SELECT * FROM unnest({', '.join(casts)}) "
         "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
     )
-
-
-BULK_INSERT = _bulk_insert()
 
 
 def _insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
@@ -367,10 +360,11 @@ def _insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> set[str]
     if connection.dialect.name == "postgresql":
         from psycopg.types.json import Jsonb
 
-        columns = [[row[name] for row in rows] for name in BULK_COLUMNS]
-        payloads = BULK_COLUMNS.index("payload")
-        columns[payloads] = [Jsonb(payload) for payload in columns[payloads]]
-        return set(connection.exec_driver_sql(BULK_INSERT, tuple(columns)).scalars())
+        names = tuple(rows[0])  # every row has the same columns (Database._row)
+        columns = [
+            [Jsonb(row[name]) if name == "payload" else row[name] for row in rows] for name in names
+        ]
+        return set(connection.exec_driver_sql(_bulk_insert(names), tuple(columns)).scalars())
     statement = (
         sqlite.insert(_jobs)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
