@@ -3,19 +3,24 @@
 These run on every job (producers and workers), so each state change is one round trip
 where it can be: the claim is one autocommitted UPDATE, and so is the success of a job
 that did not use ``ctx.session`` (otherwise one UPDATE inside the job's own transaction).
+On PostgreSQL those two go straight through psycopg (:meth:`Database.direct`), as SQL
+compiled once from the same SQLAlchemy statements that SQLite runs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import UpdateBase
 
 from conveyor.worker.errors import Failure
 from conveyor.worker.ledger.database import Database, NewJob
@@ -31,7 +36,8 @@ CLAIM = (
     update(_jobs)
     .where(
         _jobs.c.id == bindparam("b_id"),
-        _jobs.c.state.in_([state.value for state in CLAIMABLE])
+        # Equalities, not IN: an IN list is rendered per execution (_direct_sql compiles once).
+        or_(*(_jobs.c.state == state.value for state in CLAIMABLE))
         | ((_jobs.c.state == JobState.RUNNING.value) & (_jobs.c.lease_expires_at < _now)),
     )
     .values(
@@ -63,6 +69,16 @@ SUCCEED = (
     )
     .returning(_jobs.c.id)
 )
+
+
+@cache
+def _direct_sql(statement: UpdateBase) -> tuple[str, dict[str, Any]]:
+    """``statement`` as PostgreSQL SQL for psycopg, with the values of its constant
+    parameters (the states); the caller adds the ``b_*`` ones."""
+    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+    compiled = statement.compile(dialect=dialect)
+    constants = {k: v for k, v in compiled.params.items() if not k.startswith("b_")}
+    return str(compiled), constants
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +164,14 @@ class JobPath(Database):
 
         False, with nothing written, when the idempotency key is held already.
         """
-        statement = self._insert_into(_jobs).values(**self._new_row(job))
+        row = self._new_row(job)
+        keyed = job.idempotency_key is not None
+        if self.is_postgresql:
+            params = row | {"payload": Jsonb(row["payload"])}
+            return self.direct(_single_insert(tuple(row), keyed), params) is not None
+        statement = self._insert_into(_jobs).values(**row)
         with self.autocommit() as connection:
-            if job.idempotency_key is None:
+            if not keyed:
                 connection.execute(statement)
                 return True
             statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
@@ -214,10 +235,9 @@ class JobPath(Database):
         lease_expires = now + timedelta(seconds=lease_s)
         params = {"b_id": job_id, "b_now": now, "b_lease": lease_expires, "b_worker": worker}
         # One statement, committed on its own (one round trip on PostgreSQL).
-        with self.autocommit() as connection:
-            claimed = connection.execute(CLAIM, params).one_or_none()
+        claimed = self._autocommitted(CLAIM, params)
         if claimed is not None:
-            return Claim(claimed.attempts, JobState.RUNNING, 0.0, claimed.idempotency_key)
+            return Claim(claimed[0], JobState.RUNNING, 0.0, claimed[1])
         with self.transaction() as session:
             row = session.execute(
                 select(Job.state, Job.lease_expires_at).where(Job.id == job_id)
@@ -267,8 +287,20 @@ class JobPath(Database):
         params = {"b_id": job_id, "b_attempt": attempt, "b_result": result, "b_now": utcnow()}
         if session is not None:
             return session.execute(SUCCEED, params).first() is not None
+        return self._autocommitted(SUCCEED, params) is not None
+
+    def _autocommitted(
+        self, statement: UpdateBase, params: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """Run one of the job path's statements on its own; its first row, if any."""
+        if self.is_postgresql:
+            sql, constants = _direct_sql(statement)
+            if "b_result" in params:
+                params["b_result"] = Jsonb(params["b_result"])
+            return self.direct(sql, constants | params)
         with self.autocommit() as connection:
-            return connection.execute(SUCCEED, params).first() is not None
+            row = connection.execute(statement, params).first()
+        return None if row is None else tuple(row)
 
     def fail(
         self,
@@ -345,8 +377,7 @@ class JobPath(Database):
 @cache
 def _bulk_insert(columns: tuple[str, ...]) -> str:
     # Built from the table's own metadata, nothing from a caller: no injection possible.
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    casts = [f"%s::{_jobs.c[name].type.compile(dialect=dialect)}[]" for name in columns]
+    casts = [f"%s::{_column_type(name)}[]" for name in columns]
     return (
         f"INSERT INTO {_jobs.name} ({', '.join(columns)}) "  # noqa: S608
         f"SELECT * FROM unnest({', '.join(casts)}) "
@@ -354,12 +385,28 @@ def _bulk_insert(columns: tuple[str, ...]) -> str:
     )
 
 
+def _column_type(name: str) -> str:
+    """The column's PostgreSQL type without its length: an explicit cast to VARCHAR(64)
+    would cut a longer value short, where the INSERT's own assignment refuses it."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return re.sub(r"\(\d+\)", "", _jobs.c[name].type.compile(dialect=dialect))
+
+
+@cache
+def _single_insert(columns: tuple[str, ...], keyed: bool) -> str:
+    """One new row for :meth:`Database.direct`; with ``keyed``, nothing if its key is held."""
+    values = [f"%({name})s::{_column_type(name)}" for name in columns]
+    conflict = " ON CONFLICT (idempotency_key) DO NOTHING" if keyed else ""
+    return (
+        f"INSERT INTO {_jobs.name} ({', '.join(columns)}) "  # noqa: S608
+        f"VALUES ({', '.join(values)}){conflict} RETURNING id"
+    )
+
+
 def _insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
     """Insert new rows in one statement, skipping those whose idempotency key is held;
     returns the ids of the rows inserted."""
     if connection.dialect.name == "postgresql":
-        from psycopg.types.json import Jsonb
-
         names = tuple(rows[0])  # every row has the same columns (Database._row)
         columns = [
             [Jsonb(row[name]) if name == "payload" else row[name] for row in rows] for name in names
