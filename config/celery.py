@@ -43,6 +43,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_default_queue": settings.default_queue,
         "task_create_missing_queues": True,
+        # Queues live on the broker's default exchange ("", routing by queue name): Conveyor
+        # declares no exchange a foreign client could declare differently (celery-node's
+        # `default`, auto-delete, stopped every worker whose default queue was `default`).
+        # Quorum queues keep Celery's exchange per queue, which its delayed delivery binds to.
+        "task_default_exchange": "" if on_default_exchange(settings) else settings.default_queue,
         # Task events cost a publish per step of every job (and, on RabbitMQ, a confirm per
         # enqueue): workers send them only once a monitor asks (`celery control
         # enable_events`, which Flower sends), unless CONVEYOR_TASK_EVENTS says always.
@@ -70,6 +75,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             options["task_default_queue_type"] = "quorum"
             options["task_default_exchange_type"] = "topic"
     return options
+
+
+def on_default_exchange(settings: Settings) -> bool:
+    """Whether Conveyor's queues are declared on the default exchange (see ``celery_config``)."""
+    return (
+        settings.queue_type is not QueueType.QUORUM
+        or settings.broker_kind is not BrokerKind.RABBITMQ
+    )
 
 
 HARD_LIMIT_GRACE_S = 5

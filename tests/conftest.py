@@ -122,8 +122,10 @@ def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None =
 
     With ``pg_url``, the queues' unfinished jobs in that ledger are cancelled first (see
     :func:`retire_jobs`). Each queue is declared before it is deleted, as Celery declares
-    it: kombu's Redis transport deletes a queue's messages through the bindings this
-    connection knows, and a fresh one knows none. On RabbitMQ the exchanges go too.
+    bound to an exchange of its name: kombu's Redis transport deletes a queue's messages
+    through the bindings this connection knows, and a fresh one knows none (Conveyor's
+    queues are on the default exchange, which binds nothing). On RabbitMQ the exchanges
+    go too (exchanges named after a queue: what Celery producers declare).
     """
     names = list(names)
     if pg_url is not None:
@@ -133,11 +135,10 @@ def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None =
     with Connection(broker_url) as connection:
         channel = connection.default_channel
         for name in names:
-            for queue in (
-                Queue(name, Exchange(name), routing_key=name),
-                dead_letter_destination(name),
-            ):
-                bound = queue.bind(channel)
+            for queue_name in (name, dead_letter_destination(name).name):
+                bound = Queue(queue_name, Exchange(queue_name), routing_key=queue_name).bind(
+                    channel
+                )
                 bound.declare()
                 bound.delete()
                 with suppress(Exception):  # Redis keeps no exchange apart from its bindings

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery.app.amqp import AMQP
 
 from conveyor.config import Settings, celery_config
-from conveyor.config.celery import retry_later, task_options
+from conveyor.config.celery import on_default_exchange, retry_later, task_options
 from conveyor.config.settings import BrokerKind
 from conveyor.worker.deadletter import DeadLetters
 from conveyor.worker.embedded import tune_embedded_transport
@@ -31,6 +32,16 @@ REFERENCE_JOBS = ("conveyor.tasks.demo", "conveyor.tasks.webhooks")
 ``conveyor demo``) names them in ``CONVEYOR_TASK_MODULES``."""
 
 
+class DefaultExchangeAMQP(AMQP):  # type: ignore[misc]
+    """Celery's AMQP, with the queues it creates on demand (``-Q name``, ``send_task(queue=)``)
+    put on the broker's default exchange instead of an exchange named after each queue
+    (Celery documents ``autoexchange`` for this)."""
+
+    @staticmethod
+    def autoexchange(_name: str) -> None:
+        return None
+
+
 class ConveyorApp(Celery):  # type: ignore[misc]
     """A Celery app that also carries Conveyor's settings, ledger, outcome chain and runtime."""
 
@@ -45,7 +56,8 @@ def create_app(settings: Settings) -> ConveyorApp:
     """Build the Celery app for ``settings``, with one task per registered job."""
     if settings.broker_kind is BrokerKind.EMBEDDED:
         tune_embedded_transport()
-    app = ConveyorApp("conveyor", set_as_current=False)
+    amqp = DefaultExchangeAMQP if on_default_exchange(settings) else AMQP
+    app = ConveyorApp("conveyor", set_as_current=False, amqp=amqp)
     app.conf.update(celery_config(settings))
     app.settings = settings
     app.ledger = Ledger(settings.database, pool_size=settings.db_pool_size)

@@ -21,6 +21,10 @@ HEARTBEAT_EVERY_S: Final = 3.0
 RELAY_POLL_S: Final = 0.25
 """How often the relay looks for due retries and expired leases."""
 
+CELERY_QUEUE: Final = "celery"
+"""The queue a Celery producer that names none publishes to (Celery's default queue). A
+worker that consumes Conveyor's default queue consumes this one too."""
+
 RELAY_BATCH: Final = 500
 """Most rows the relay takes in one transaction."""
 

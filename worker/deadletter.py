@@ -49,9 +49,10 @@ JOB_ID_HEADER = "x-conveyor-job-id"
 
 
 def dead_letter_destination(queue: str) -> Queue:
-    """The durable queue (and its direct exchange) holding ``queue``'s dead letters."""
+    """The durable queue holding ``queue``'s dead letters, on the broker's default exchange
+    (as every Conveyor queue: :mod:`config.celery`)."""
     name = dead_letter_queue(queue)
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name)
+    return Queue(name, Exchange(""), routing_key=name)
 
 
 def raw_body(body: bytes | str | None) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Producers that know nothing of Conveyor: Flower's send-task API and celery-node.
+"""Producers that know nothing of Conveyor: Flower's send-task API, celery-node, and a
+plain Celery ``send_task`` that names no queue.
 
-A plain Celery `send_task` is covered in test_job_flow.py. Each job sent here must run on
-a real worker and appear in the ledger with the same guarantees.
+A plain Celery `send_task` to a queue is covered in test_job_flow.py. Each job sent here
+must run on a real worker and appear in the ledger with the same guarantees. Tests that
+declare what a foreign client declares on RabbitMQ do it in a vhost of their own.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from celery import Celery
+from kombu.connection import Connection
+from kombu.entity import Queue
 
 from conveyor.config import load_settings
 from conveyor.worker.app import ConveyorApp, create_app
 from conveyor.worker.client import get_job
 from conveyor.worker.models import JobState
 from tests.conftest import (
+    AMQP_URL,
     REDIS_URL,
     ROOT,
     TEST_JOBS,
@@ -33,6 +40,35 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.integration
+
+MANAGEMENT_API_URL = os.environ.get(
+    "CONVEYOR_TEST_RABBITMQ_API_URL", "http://guest:guest@127.0.0.1:15672/api/"
+)
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test's own, deleted afterwards with all it holds."""
+    name = f"conveyor-test-{uuid.uuid4().hex[:10]}"
+    with httpx.Client(base_url=MANAGEMENT_API_URL, timeout=10) as api:
+        api.put(f"vhosts/{name}").raise_for_status()
+        grant = {"configure": ".*", "write": ".*", "read": ".*"}
+        api.put(f"permissions/{name}/guest", json=grant).raise_for_status()
+        scheme_end = len("amqp://")
+        yield AMQP_URL[: AMQP_URL.index("/", scheme_end)] + "/" + name
+        api.delete(f"vhosts/{name}").raise_for_status()
+
+
+def worker_env(broker_url: str, pg_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CONVEYOR_BROKER_URL": broker_url,
+        "CONVEYOR_DATABASE_URL": pg_url,
+        "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
+        "CONVEYOR_TASK_MODULES": TEST_JOBS,
+        **extra,
+    }
+
 
 CELERY_NODE = "celery-node@0.5.9"
 NODE_DIR = ROOT / ".cache" / "node"
@@ -162,4 +198,86 @@ def test_celery_node_on_redis_runs_and_is_tracked(
     job = get_job(job_id, app=app)
     assert (job.task, job.queue, job.payload) == ("demo.work", queue, {"n": 6})
     assert job.result == {"n": 6, "square": 36, "attempt": 1}
+    app.ledger.dispose()
+
+
+def node_send(celery_node: Path, script: Path, broker_url: str, queue: str, n: int) -> str:
+    """Send ``demo.work`` with celery-node; its job id."""
+    sent = subprocess.run(
+        ["node", str(script), broker_url, queue, json.dumps({"n": n})],
+        env={**os.environ, "NODE_PATH": str(celery_node / "node_modules")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return sent.stdout.strip().splitlines()[-1]
+
+
+def test_celery_node_on_rabbitmq_before_and_after_a_worker_starts(
+    celery_node: Path, vhost_url: str, pg_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    """celery-node declares an exchange named `default` (auto-delete) before it publishes:
+    a worker whose default queue is `default` must start on that vhost and keep consuming."""
+    script = tmp_path / "produce.js"
+    script.write_text(NODE_PRODUCER)
+    app = create_app(load_settings(broker_url=vhost_url, database_url=pg_url))
+    before = node_send(celery_node, script, vhost_url, "default", 3)  # no worker yet
+
+    worker = processes.start(worker_env(vhost_url, pg_url, tmp_path), "worker", "-c", "1")
+    wait_for(lambda: state_of(app, before) == JobState.SUCCEEDED, timeout_s=60)
+    after = node_send(celery_node, script, vhost_url, "default", 4)
+    wait_for(lambda: state_of(app, after) == JobState.SUCCEEDED, timeout_s=60)
+
+    assert worker.poll() is None  # still running, still consuming
+    assert get_job(before, app=app).result == {"n": 3, "square": 9, "attempt": 1}
+    assert get_job(after, app=app).result == {"n": 4, "square": 16, "attempt": 1}
+    with httpx.Client(base_url=MANAGEMENT_API_URL, timeout=10) as api:
+        vhost = vhost_url.rsplit("/", 1)[1]
+        exchanges = {e["name"] for e in api.get(f"exchanges/{vhost}").json()}
+    assert "default" in exchanges  # celery-node's, left as it declared it
+    app.ledger.dispose()
+
+
+def test_a_worker_that_meets_an_unrecoverable_broker_error_exits_non_zero(
+    vhost_url: str, pg_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    """A queue declared differently before (here with a priority limit) makes RabbitMQ refuse
+    the worker's declaration: Celery gives up, and the exit status must say so."""
+    with Connection(vhost_url) as connection:
+        Queue("default", queue_arguments={"x-max-priority": 5}).bind(
+            connection.default_channel
+        ).declare()
+    worker = processes.start(worker_env(vhost_url, pg_url, tmp_path), "worker", "-c", "1")
+    status = worker.wait(timeout=60)
+    assert status != 0
+    log = (processes.tmp_path / "worker-0.log").read_text()
+    assert "PRECONDITION_FAILED" in log or "PreconditionFailed" in log
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_plain_send_task_that_names_no_queue_runs_on_a_default_worker(
+    broker: str, request: pytest.FixtureRequest, pg_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    """Celery's producers send to `celery` when they name no queue; a worker that consumes
+    the default queue consumes that one too."""
+    if broker == "rabbitmq":
+        broker_url = request.getfixturevalue("vhost_url")
+        extra: dict[str, str] = {}
+    else:  # the shared Redis: a default queue of this test's own, and `celery` removed after
+        broker_url = REDIS_URL
+        own_default = f"test-default-{uuid.uuid4().hex[:10]}"
+        extra = {"CONVEYOR_DEFAULT_QUEUE": own_default}
+        request.addfinalizer(
+            lambda: delete_queues(REDIS_URL, ["celery", own_default], pg_url=pg_url)
+        )
+    app = create_app(load_settings(broker_url=broker_url, database_url=pg_url))
+    producer = Celery("plain", broker=broker_url, set_as_current=False)
+    job_id = producer.send_task("test.typed", kwargs={"count": 7}).id
+    producer.close()
+
+    processes.start(worker_env(broker_url, pg_url, tmp_path, **extra), "worker", "-c", "1")
+    wait_for(lambda: state_of(app, job_id) == JobState.SUCCEEDED, timeout_s=60)
+    job = get_job(job_id, app=app)
+    assert (job.task, job.queue, job.payload) == ("test.typed", "celery", {"count": 7})
     app.ledger.dispose()

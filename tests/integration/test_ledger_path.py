@@ -18,14 +18,25 @@ import pytest
 from sqlalchemy.exc import DataError, OperationalError
 
 from conveyor.worker.ledger import Ledger, NewJob
+from conveyor.worker.migrate import upgrade
 from conveyor.worker.models import Job, JobState
+from tests.conftest import create_database, drop_database
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def ledger_url() -> Iterator[str]:
+    """A ledger of this module's own: its queued rows must not reach another test's relay."""
+    url = create_database("conveyor_path")
+    upgrade(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    yield url
+    drop_database(url)
+
+
 @pytest.fixture
-def ledger(pg_url: str) -> Iterator[Ledger]:
-    built = Ledger(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    built = Ledger(ledger_url.replace("postgresql://", "postgresql+psycopg://", 1))
     yield built
     built.dispose()
 
@@ -100,13 +111,13 @@ def test_a_message_the_ledger_cannot_store_raises_data_error(ledger: Ledger) -> 
 
 
 def test_a_broken_connection_fails_one_statement_then_is_replaced(
-    ledger: Ledger, pg_url: str
+    ledger: Ledger, ledger_url: str
 ) -> None:
     first, second = new_job(), new_job()
     ledger.create_many([first, second])
     assert claim(ledger, first) == (1, JobState.RUNNING)
     backend = ledger._direct.connection.info.backend_pid  # type: ignore[union-attr]
-    with psycopg.connect(pg_url, autocommit=True) as admin:
+    with psycopg.connect(ledger_url, autocommit=True) as admin:
         assert admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone() == (True,)
 
     with pytest.raises(OperationalError):

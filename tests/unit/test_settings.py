@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.config.celery import celery_config
 from conveyor.config.settings import BrokerKind, QueueType, load_settings
+from conveyor.worker.app import create_app
 from conveyor.worker.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -288,14 +289,15 @@ def test_redis_gets_one_visibility_timeout_everywhere(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize(
-    ("broker_url", "queue_type", "transport_options", "default_queue_type"),
+    ("broker_url", "queue_type", "transport_options", "default_queue_type", "exchange"),
     [
-        ("amqp://h//", "classic", {"confirm_publish": True}, None),
-        ("amqp://h//", "quorum", {"confirm_publish": True}, "quorum"),
-        ("pyamqp://h//", "quorum", {"confirm_publish": True}, "quorum"),
+        ("amqp://h//", "classic", {"confirm_publish": True}, None, ""),
+        # quorum queues keep an exchange per queue: Celery's delayed delivery binds to it
+        ("amqp://h//", "quorum", {"confirm_publish": True}, "quorum", "default"),
+        ("pyamqp://h//", "quorum", {"confirm_publish": True}, "quorum", "default"),
         # the queue type is a RabbitMQ setting: ignored on Redis and the embedded broker
-        ("redis://h", "quorum", {"visibility_timeout": 3600}, None),
-        ("sqla+sqlite:////srv/broker.sqlite", "quorum", None, None),
+        ("redis://h", "quorum", {"visibility_timeout": 3600}, None, ""),
+        ("sqla+sqlite:////srv/broker.sqlite", "quorum", None, None, ""),
     ],
 )
 def test_broker_specific_options(
@@ -304,8 +306,15 @@ def test_broker_specific_options(
     queue_type: str,
     transport_options: dict[str, object] | None,
     default_queue_type: str | None,
+    exchange: str,
 ) -> None:
     set_env(monkeypatch, {"CONVEYOR_BROKER_URL": broker_url, "CONVEYOR_QUEUE_TYPE": queue_type})
     options = celery_config(load_settings())
+    assert options["task_default_exchange"] == exchange
+    # Building the app connects to nothing: its queues, made on demand, use that exchange.
+    app = create_app(load_settings())
+    assert app.amqp.queues["default"].exchange.name == exchange
+    made = app.amqp.queues["other"]  # made on demand, as for `-Q other` or send_task(queue=)
+    assert made.exchange.name == ("other" if exchange else "")
     assert options.get("broker_transport_options") == transport_options
     assert options.get("task_default_queue_type") == default_queue_type

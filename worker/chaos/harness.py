@@ -67,7 +67,7 @@ def with_port(url: str, port: int) -> str:
 def inject_poison(app: ConveyorApp, broker_url: str, queue: str, count: int) -> dict[str, str]:
     """Publish ``count`` poison messages straight onto ``queue``; returns id -> expected reason."""
     expected: dict[str, str] = {}
-    destination = Queue(queue, Exchange(queue), routing_key=queue)
+    destination = Queue(queue, Exchange(""), routing_key=queue)
     with Connection(broker_url) as connection:
         producer = connection.Producer()
         for i in range(count):

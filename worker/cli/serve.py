@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 from celery.utils.nodenames import default_nodename, host_format
@@ -16,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from conveyor.config.celery import worker_argv
 from conveyor.worker.catalog import declare
 from conveyor.worker.cli.common import State, metrics_port_option, pass_state
-from conveyor.worker.constants import RELAY_POLL_S
+from conveyor.worker.constants import CELERY_QUEUE, RELAY_POLL_S
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.ledger import Ledger
 from conveyor.worker.observability.logs import configure_logging
@@ -82,15 +83,52 @@ def worker(
             live=lambda: WORKER_LIVENESS.live,
             extra=ConsumingCollector(nodename, WORKER_LIVENESS),
         )
-    if queues is None:
-        known = {state.settings.default_queue}
-        known |= {spec.queue for spec in REGISTRY.values() if spec.queue}
-        queues = ",".join(sorted(known))
     argv = worker_argv(
-        queues=queues, pool=pool, loglevel=level, concurrency=concurrency, hostname=nodename
+        queues=",".join(consumed_queues(queues, settings.default_queue)),
+        pool=pool,
+        loglevel=level,
+        concurrency=concurrency,
+        hostname=nodename,
     )
     declare_jobs(app.ledger, nodename)
-    app.worker_main(argv)
+    status = run_celery(app, argv)
+    if status:
+        raise SystemExit(status)
+
+
+def run_celery(app: Any, argv: list[str]) -> int:
+    """Run Celery's command line for ``app`` and return its exit status.
+
+    What ``app.worker_main`` does, except that it keeps the status, which Celery drops
+    (``app.start`` returns nothing when the command returns normally): an "Unrecoverable
+    error" (a broker that refuses a declaration, say) must end the process non-zero, so that
+    a supervisor restarts it and an operator sees it.
+    """
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app
+    try:
+        status = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        status = exit_.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return status if isinstance(status, int) else 0
+
+
+def consumed_queues(option: str | None, default_queue: str) -> list[str]:
+    """The queues a worker consumes: ``-Q``'s, or the default queue and every job's own;
+    with the default queue always :data:`CELERY_QUEUE`, where Celery producers that name no
+    queue publish."""
+    if option is None:
+        names = {default_queue} | {spec.queue for spec in REGISTRY.values() if spec.queue}
+    else:
+        names = {name.strip() for name in option.split(",") if name.strip()}
+        if not names:
+            raise click.UsageError("-Q/--queues names no queue", ctx=None)
+    if default_queue in names:
+        names.add(CELERY_QUEUE)
+    return sorted(names)
 
 
 @click.command()
