@@ -43,6 +43,8 @@ PASS_THROUGH = (
     "worker/transports.py",
     "worker/cli/",
 )
+PASS_THROUGH_FUNCTIONS = ("_autocommitted",)
+"""Helpers that run a statement for their caller (claim, succeed): counted as the caller."""
 WORKER_PARTS = (
     ("claim (ledger)", "ledger/jobs.py", "claim"),
     ("success commit (ledger)", "ledger/jobs.py", "succeed"),
@@ -72,7 +74,7 @@ def part_of(stack: str, rules: Parts) -> str:
     """The part of one sampled stack (frames outermost first, ``;``-separated)."""
     for frame in reversed(stack.split(";")):
         function, _, where = frame.partition(" (")
-        if any(mark in where for mark in PASS_THROUGH):
+        if any(mark in where for mark in PASS_THROUGH) or function.endswith(PASS_THROUGH_FUNCTIONS):
             continue
         for part, path, name in rules:
             if path in where and (name is None or function.endswith(name)):

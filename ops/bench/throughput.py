@@ -349,7 +349,18 @@ def queue_size(broker_url: str, queue: str) -> int:
 
 
 def delete_queues(broker_url: str, queues: list[str]) -> None:
-    """Delete ``queues`` and, on RabbitMQ, the exchanges of the same names Celery made."""
+    """Delete ``queues`` and, on RabbitMQ, the exchanges of the same names Celery made.
+
+    On Redis the keys go directly: kombu deletes a queue's list only through bindings its
+    own connection made, and Conveyor's queues (on the default exchange) have none.
+    """
+    if broker_url.startswith("redis"):
+        client = redis.Redis.from_url(broker_url)
+        for name in queues:  # kombu keeps priorities 3, 6 and 9 in lists of their own
+            client.delete(name, *(f"{name}\x06\x16{p}" for p in (3, 6, 9)))
+            client.delete(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+        client.close()
+        return
     with Connection(broker_url) as conn:
         for name in queues:
             channel = conn.channel()
