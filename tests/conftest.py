@@ -203,16 +203,23 @@ def queue(broker_url: str, pg_url: str) -> Iterator[str]:
     delete_queues(broker_url, [name], pg_url=pg_url)
 
 
-@pytest.fixture
-def env(tmp_path: Path, broker_url: str, pg_url: str) -> dict[str, str]:
-    """Environment for `conveyor` subprocesses: this test's broker, the session's ledger."""
+def conveyor_env(broker_url: str, pg_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """Environment for `conveyor` subprocesses: a broker, a ledger, a data folder under
+    ``data_dir``, the test jobs, and ``settings`` as ``CONVEYOR_<NAME>`` variables."""
     return {
         **os.environ,
         "CONVEYOR_BROKER_URL": broker_url,
         "CONVEYOR_DATABASE_URL": pg_url,
-        "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
+        "CONVEYOR_DATA_DIR": str(data_dir / "var"),
         "CONVEYOR_TASK_MODULES": TEST_JOBS,
+        **{f"CONVEYOR_{name.upper()}": value for name, value in settings.items()},
     }
+
+
+@pytest.fixture
+def env(tmp_path: Path, broker_url: str, pg_url: str) -> dict[str, str]:
+    """Environment for `conveyor` subprocesses: this test's broker, the session's ledger."""
+    return conveyor_env(broker_url, pg_url, tmp_path)
 
 
 @pytest.fixture

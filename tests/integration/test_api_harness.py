@@ -8,7 +8,6 @@ the real PostgreSQL and its broker a real Redis or RabbitMQ.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_JOBS, Processes, run_cli
+from tests.conftest import Processes, conveyor_env, run_cli
 
 PROBLEM_JSON = "application/problem+json"
 STARTUP_TIMEOUT_S = 30.0
@@ -35,14 +34,7 @@ def free_port() -> int:
 
 def api_env(pg_url: str, broker_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
     """Environment for `conveyor` processes, like conftest's `env`, plus API settings."""
-    return {
-        **os.environ,
-        "CONVEYOR_BROKER_URL": broker_url,
-        "CONVEYOR_DATABASE_URL": pg_url,
-        "CONVEYOR_DATA_DIR": str(data_dir / "var"),
-        "CONVEYOR_TASK_MODULES": TEST_JOBS,
-        **{f"CONVEYOR_{name.upper()}": value for name, value in settings.items()},
-    }
+    return conveyor_env(broker_url, pg_url, data_dir, **settings)
 
 
 def create_key(env: dict[str, str], *scopes: str, name: str | None = None) -> str:

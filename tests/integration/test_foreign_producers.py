@@ -31,9 +31,9 @@ from tests.conftest import (
     AMQP_URL,
     REDIS_URL,
     ROOT,
-    TEST_JOBS,
     Processes,
     WorkerFactory,
+    conveyor_env,
     delete_queues,
     state_of,
     wait_for,
@@ -57,17 +57,6 @@ def vhost_url() -> Iterator[str]:
         scheme_end = len("amqp://")
         yield AMQP_URL[: AMQP_URL.index("/", scheme_end)] + "/" + name
         api.delete(f"vhosts/{name}").raise_for_status()
-
-
-def worker_env(broker_url: str, pg_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "CONVEYOR_BROKER_URL": broker_url,
-        "CONVEYOR_DATABASE_URL": pg_url,
-        "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
-        "CONVEYOR_TASK_MODULES": TEST_JOBS,
-        **extra,
-    }
 
 
 CELERY_NODE = "celery-node@0.5.9"
@@ -174,13 +163,7 @@ def test_celery_node_on_redis_runs_and_is_tracked(
     celery_node: Path, pg_url: str, tmp_path: Path, node_queue: str, processes: Processes
 ) -> None:
     queue = node_queue
-    env = {
-        **os.environ,
-        "CONVEYOR_BROKER_URL": REDIS_URL,
-        "CONVEYOR_DATABASE_URL": pg_url,
-        "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
-        "CONVEYOR_TASK_MODULES": TEST_JOBS,
-    }
+    env = conveyor_env(REDIS_URL, pg_url, tmp_path)
     app = create_app(load_settings(broker_url=REDIS_URL, database_url=pg_url))
     processes.start(env, "worker", "-Q", queue, "-c", "1")
     script = tmp_path / "produce.js"
@@ -224,7 +207,7 @@ def test_celery_node_on_rabbitmq_before_and_after_a_worker_starts(
     app = create_app(load_settings(broker_url=vhost_url, database_url=pg_url))
     before = node_send(celery_node, script, vhost_url, "default", 3)  # no worker yet
 
-    worker = processes.start(worker_env(vhost_url, pg_url, tmp_path), "worker", "-c", "1")
+    worker = processes.start(conveyor_env(vhost_url, pg_url, tmp_path), "worker", "-c", "1")
     wait_for(lambda: state_of(app, before) == JobState.SUCCEEDED, timeout_s=60)
     after = node_send(celery_node, script, vhost_url, "default", 4)
     wait_for(lambda: state_of(app, after) == JobState.SUCCEEDED, timeout_s=60)
@@ -248,7 +231,7 @@ def test_a_worker_that_meets_an_unrecoverable_broker_error_exits_non_zero(
         Queue("default", queue_arguments={"x-max-priority": 5}).bind(
             connection.default_channel
         ).declare()
-    worker = processes.start(worker_env(vhost_url, pg_url, tmp_path), "worker", "-c", "1")
+    worker = processes.start(conveyor_env(vhost_url, pg_url, tmp_path), "worker", "-c", "1")
     status = worker.wait(timeout=60)
     assert status != 0
     log = (processes.tmp_path / "worker-0.log").read_text()
@@ -267,7 +250,7 @@ def test_a_plain_send_task_that_names_no_queue_runs_on_a_default_worker(
     else:  # the shared Redis: a default queue of this test's own, and `celery` removed after
         broker_url = REDIS_URL
         own_default = f"test-default-{uuid.uuid4().hex[:10]}"
-        extra = {"CONVEYOR_DEFAULT_QUEUE": own_default}
+        extra = {"default_queue": own_default}
         request.addfinalizer(
             lambda: delete_queues(REDIS_URL, ["celery", own_default], pg_url=pg_url)
         )
@@ -276,7 +259,7 @@ def test_a_plain_send_task_that_names_no_queue_runs_on_a_default_worker(
     job_id = producer.send_task("test.typed", kwargs={"count": 7}).id
     producer.close()
 
-    processes.start(worker_env(broker_url, pg_url, tmp_path, **extra), "worker", "-c", "1")
+    processes.start(conveyor_env(broker_url, pg_url, tmp_path, **extra), "worker", "-c", "1")
     wait_for(lambda: state_of(app, job_id) == JobState.SUCCEEDED, timeout_s=60)
     job = get_job(job_id, app=app)
     assert (job.task, job.queue, job.payload) == ("test.typed", "celery", {"count": 7})

@@ -7,8 +7,8 @@ connections.
 The few statements on every job's path (:mod:`worker.ledger.jobs`) skip SQLAlchemy's
 execution machinery on PostgreSQL: :meth:`Database.direct` runs them on a psycopg
 connection of the thread's own, in autocommit mode. Through SQLAlchemy Core, a claim and
-a success cost 1,190 µs of CPU together here; straight through psycopg 320 µs
-(docs/benchmarks.md). Their errors are raised as SQLAlchemy's, so callers handle one kind.
+a success cost about 3.5 times the CPU (docs/benchmarks.md, "The ledger's statements").
+Their errors are raised as SQLAlchemy's, so callers handle one kind.
 """
 
 from __future__ import annotations
