@@ -112,7 +112,13 @@ def retry_later(countdown_s: float) -> dict[str, Any]:
 
 
 def worker_argv(
-    *, queues: str, pool: str, loglevel: str, concurrency: int | None, hostname: str
+    *,
+    queues: str,
+    pool: str,
+    loglevel: str,
+    concurrency: int | None,
+    hostname: str,
+    autoscale: tuple[int, int] | None = None,
 ) -> list[str]:
     """The arguments of ``app.worker_main`` for ``conveyor worker``.
 
@@ -125,4 +131,6 @@ def worker_argv(
     argv = ["worker", "--queues", queues, "--pool", pool, "--loglevel", loglevel]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
+    if autoscale is not None:
+        argv += ["--autoscale", f"{autoscale[0]},{autoscale[1]}"]
     return [*argv, "--hostname", hostname, "--without-mingle", "--without-gossip"]

@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     )
     task_time_limit_s: int = Field(300, gt=0, description="Hard time limit for any job.")
     worker_concurrency: int = Field(2, gt=0, le=256)
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Worker, on SIGTERM: seconds the jobs in flight may take to finish before they are "
+            "stopped (a second SIGTERM stops them at once); keep it below the supervisor's "
+            "grace period (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period)."
+        ),
+    )
     prefetch_multiplier: int = Field(1, gt=0, le=64)
     task_events: bool = Field(
         False,

@@ -73,15 +73,22 @@ def drop_database(url: str) -> None:
 TEST_JOBS = "tests.jobs"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A migrated ledger database on the real PostgreSQL (plus the test jobs' tables)."""
-    url = create_database()
+def create_ledger(prefix: str = "conveyor_test") -> str:
+    """A new database, migrated, with the test jobs' tables; returns its URL. For tests whose
+    queued rows must not reach the session's relays (drop it with :func:`drop_database`)."""
+    url = create_database(prefix)
     driver_url = url.replace("postgresql://", "postgresql+psycopg://")
     upgrade(driver_url)
     engine = create_engine(driver_url)
     test_jobs.metadata.create_all(engine)
     engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated ledger database on the real PostgreSQL (plus the test jobs' tables)."""
+    url = create_ledger()
     yield url
     drop_database(url)
 

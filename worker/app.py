@@ -24,6 +24,7 @@ from conveyor.worker.ledger import Ledger
 from conveyor.worker.observability.probes import ConsumingStep
 from conveyor.worker.observability.tracing import init_tracing
 from conveyor.worker.outcomes import Outcomes, default_observers
+from conveyor.worker.pauses import PauseStep
 from conveyor.worker.runtime import Postpone, Runtime, delivery_from_request
 from conveyor.worker.timers import CompactTimers
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> ConveyorApp:
     app.runtime = Runtime(ledger=app.ledger, dead_letters=app.dead_letters, outcomes=app.outcomes)
     app.steps["consumer"].add(ConsumingStep)  # liveness: is the worker still consuming?
     app.steps["consumer"].add(CompactTimers)  # memory: forget cancelled time limits
+    app.steps["consumer"].add(PauseStep)  # consume no queue the ledger says is paused
     import_task_modules(settings)
     for spec in REGISTRY.values():
         _register(app, spec)

@@ -25,6 +25,10 @@ CELERY_QUEUE: Final = "celery"
 """The queue a Celery producer that names none publishes to (Celery's default queue). A
 worker that consumes Conveyor's default queue consumes this one too."""
 
+PAUSE_POLL_S: Final = 1.0
+"""How often a worker reads the paused queues from the ledger: a pause or a resume takes
+effect on every worker within about this long."""
+
 RELAY_BATCH: Final = 500
 """Most rows the relay takes in one transaction."""
 

@@ -195,3 +195,15 @@ class DeclaredJob(Base):
     """The Conveyor version of the worker that declared it last."""
     declared_by: Mapped[str] = mapped_column(String(255))
     declared_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QueuePause(Base):
+    """A paused queue: while its row exists no worker starts a job of that queue
+    (:mod:`worker.pauses`); its jobs wait on the broker and in the ledger as ``queued``."""
+
+    __tablename__ = "conveyor_queue_pauses"
+
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(String(500))

@@ -33,6 +33,7 @@ from conveyor.worker.constants import DeadReason
 from conveyor.worker.deadletter import Letter, raw_body
 from conveyor.worker.errors import PoisonMessage, failure_of
 from conveyor.worker.observability.logs import job_fields
+from conveyor.worker.pauses import holding_paused
 from conveyor.worker.transports import POISON_CONTENT_TYPE
 
 log = logging.getLogger("conveyor.poison")
@@ -56,7 +57,20 @@ def kwargs_of(message: Any) -> dict[str, Any]:
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer; messages that cannot become tasks go to the dead-letter queue."""
+    """Celery's consumer; messages that cannot become tasks go to the dead-letter queue,
+    messages of a paused queue go back to it (:mod:`worker.pauses`)."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        return holding_paused(self, super().create_task_handler(*args, **kwargs))
+
+    def add_task_queue(self, queue: str, exchange: Any = None, *args: Any, **options: Any) -> None:
+        """Consume ``queue`` (remote control's ``add_consumer``, a resumed pause). A queue
+        new to this worker is declared the way ``-Q`` declares it (on the broker's default
+        exchange, see :class:`worker.app.DefaultExchangeAMQP`), not on an exchange named
+        after it, as Celery would."""
+        if exchange is None and not options:
+            _ = self.app.amqp.queues[queue]  # Queues.__missing__ creates it as -Q does
+        super().add_task_queue(queue, exchange, *args, **options)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         if message.content_type == POISON_CONTENT_TYPE:

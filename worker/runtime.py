@@ -95,6 +95,9 @@ class Delivery:
     idempotency_key: str | None
     priority: int | None
     args: tuple[Any, ...] = ()
+    worker: str | None = None
+    """The Celery node name of the worker that received it (``w1@host``): the ledger's
+    ``worker`` column, so `conveyor jobs show` says which worker ran an attempt."""
 
 
 def delivery_from_request(
@@ -111,6 +114,7 @@ def delivery_from_request(
         idempotency_key=str(key) if key is not None else None,
         priority=info.get("priority"),
         args=tuple(args),
+        worker=getattr(request, "hostname", None),
     )
 
 
@@ -236,7 +240,7 @@ class Runtime:
         return self.ledger.claim(
             delivery.job_id,
             lease_s=LEASE_S,
-            worker=self.hostname,
+            worker=delivery.worker or self.hostname,
             foreign=NewJob(
                 id=delivery.job_id,
                 task=spec.name,

@@ -90,6 +90,8 @@ ROUTES = [
     ("POST", "/v1/dead-letters/replay"),
     ("POST", "/v1/dead-letters/purge"),
     ("GET", "/v1/queues"),
+    ("POST", "/v1/queues/some-queue/pause"),
+    ("POST", "/v1/queues/some-queue/resume"),
     ("GET", "/v1/catalog"),
 ]
 
@@ -433,6 +435,30 @@ def test_queues_show_depth_age_and_relay_lag(
     assert mine["oldest_queued_age_s"] >= 0.5
     assert view["relay_lag_s"] >= 0.45
     client.post(f"/v1/jobs/{due}/cancel")
+
+
+def test_an_admin_pauses_and_resumes_a_queue_and_readers_see_it(
+    api: Api, keys: dict[str, str], api_queue: str
+) -> None:
+    reader, admin = api.client(keys["read"]), api.client(keys["admin"])
+    path = f"/v1/queues/{api_queue}"
+    assert_problem(reader.post(f"{path}/pause"), 403, "insufficient-scope")
+    paused = admin.post(f"{path}/pause", params={"reason": "maintenance"})
+    assert paused.status_code == 200
+    assert paused.json() == {"queue": api_queue, "paused": True, "changed": True}
+    assert admin.post(f"{path}/pause").json()["changed"] is False
+    listed = {q["name"]: q for q in reader.get("/v1/queues").json()["queues"]}
+    assert listed[api_queue]["paused"] is True
+    assert listed[api_queue]["depth"] == 0
+    scraped = metric_samples(reader.get("/metrics").text)
+    assert metric_value(scraped, "conveyor_queue_paused", queue=api_queue) == 1
+
+    resumed = admin.post(f"{path}/resume")
+    assert resumed.json() == {"queue": api_queue, "paused": False, "changed": True}
+    assert admin.post(f"{path}/resume").json()["changed"] is False
+    listed = {q["name"]: q for q in reader.get("/v1/queues").json()["queues"]}
+    assert api_queue not in listed  # no job and no pause: nothing to list
+    assert_problem(admin.post(f"/v1/queues/{'q' * 201}/pause"), 400, "invalid-parameters")
 
 
 def test_metrics_count_enqueues_and_show_the_ledgers_queues_to_a_reader_only(

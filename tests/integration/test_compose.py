@@ -189,9 +189,14 @@ def test_worker_stops_gracefully(services: dict[str, dict[str, Any]]) -> None:
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
     grace = seconds(str(worker.get("stop_grace_period", "10s")))
     hard_limit = int(worker["environment"]["CONVEYOR_TASK_TIME_LIMIT_S"])
-    assert grace > hard_limit, (
-        f"stop_grace_period ({grace:g}s) must exceed the hard time limit ({hard_limit}s) "
-        "so running jobs can finish before SIGKILL"
+    shutdown = float(worker["environment"]["CONVEYOR_SHUTDOWN_TIMEOUT_S"])
+    assert shutdown > hard_limit, (
+        f"CONVEYOR_SHUTDOWN_TIMEOUT_S ({shutdown:g}s) must exceed the hard time limit "
+        f"({hard_limit}s) so running jobs can finish before the worker stops them"
+    )
+    assert grace > shutdown, (
+        f"stop_grace_period ({grace:g}s) must exceed CONVEYOR_SHUTDOWN_TIMEOUT_S "
+        f"({shutdown:g}s) so the worker stops on its own before SIGKILL"
     )
 
 
@@ -353,10 +358,31 @@ def test_every_conveyor_subcommand_in_the_stack_exists(
         assert "Usage:" in result.stdout
 
 
+def dockerfile_bases(instructions: list[tuple[str, str]]) -> list[str]:
+    """Each FROM's image as a plain `docker build` sees it: build arguments declared before
+    the first FROM at their defaults."""
+    defaults: dict[str, str] = {}
+    bases: list[str] = []
+    for keyword, args in instructions:
+        if keyword == "ARG" and not bases:
+            name, _, default = args.partition("=")
+            defaults[name.strip()] = default.strip().strip("\"'")
+        elif keyword == "FROM":
+            image = args.split()[0]
+            bases.append(
+                re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults.get(m[1] or m[2], m[0]), image)
+            )
+    return bases
+
+
 def test_dockerfile_builds_an_unprivileged_conveyor_image() -> None:
     instructions = list(dockerfile_instructions())
-    bases = [args.split()[0] for keyword, args in instructions if keyword == "FROM"]
+    bases = dockerfile_bases(instructions)
     assert bases, "the Dockerfile has no FROM"
+    # The base image is a build argument (ops/docker/build-local-images passes one built
+    # from Debian's packages); by default, the official Python image.
+    declared = [args.partition("=")[0] for keyword, args in instructions if keyword == "ARG"]
+    assert "BASE_IMAGE" in declared, declared
     match = re.fullmatch(r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)[\w.-]*", bases[-1])
     assert match, f"final stage is not an official Python image: {bases[-1]}"
     assert (int(match[1]), int(match[2])) >= (3, 11), bases[-1]

@@ -346,6 +346,7 @@ class QueueStats(BaseModel):
     oldest_queued_age_s: float | None = Field(
         description="How long the longest-waiting queued job has been queued."
     )
+    paused: bool = Field(description="Paused: no worker starts its jobs until it is resumed.")
 
 
 class QueuesView(BaseModel):
@@ -361,6 +362,7 @@ class QueuesView(BaseModel):
                             "scheduled": 3,
                             "dead": 1,
                             "oldest_queued_age_s": 0.8,
+                            "paused": False,
                         }
                     ],
                     "relay_lag_s": 0.0,
@@ -373,6 +375,12 @@ class QueuesView(BaseModel):
     relay_lag_s: float = Field(
         description="Age of the oldest scheduled job whose time has come (0 when none waits)."
     )
+
+
+class PauseView(BaseModel):
+    queue: str
+    paused: bool = Field(description="Whether the queue is paused now.")
+    changed: bool = Field(description="False when it was paused (or not paused) already.")
 
 
 class Health(BaseModel):

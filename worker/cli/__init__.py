@@ -60,16 +60,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Apply the ledger's schema migrations (safe to run again).",
     ),
     "queues": (
-        "conveyor.worker.cli.admin:queues",
+        "conveyor.worker.cli.queues:queues",
         "Every queue's queued, running, scheduled and dead jobs, its oldest wait, relay lag.",
     ),
     "relay": (
         "conveyor.worker.cli.serve:relay",
         "Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it).",
     ),
+    "scale": (
+        "conveyor.worker.cli.scale:scale",
+        "Per queue: depth, oldest wait, consuming workers, and the processes to drain it in time.",
+    ),
     "worker": (
         "conveyor.worker.cli.serve:worker",
-        "Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit).",
+        "Run a worker that consumes jobs until stopped (SIGTERM: hand back, finish, exit).",
     ),
 }
 """Every command. Each line is its docstring's first sentence (a unit test holds them equal)."""

@@ -1,42 +1,13 @@
-"""``conveyor queues``, ``conveyor health`` and ``conveyor migrate``: the ledger and the broker."""
+"""``conveyor health`` and ``conveyor migrate``: the ledger and the broker."""
 
 from __future__ import annotations
 
 import sys
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from conveyor.worker.cli.common import EXIT_ERROR, State, emit_json, json_option, pass_state
 from conveyor.worker.observability.probes import CHECK_TIMEOUT_S, readiness
-
-
-@click.command()
-@json_option
-@pass_state
-def queues(state: State, as_json: bool) -> None:
-    """Every queue's queued, running, scheduled and dead jobs, its oldest wait, relay lag."""
-    from conveyor.worker.operations.stats import queue_stats
-
-    stats = queue_stats(state.ledger)
-    if as_json:
-        emit_json(stats)
-        return
-    table = Table("queue", "queued", "running", "scheduled", "dead", "oldest queued (s)")
-    for queue in stats["queues"]:
-        age = queue["oldest_queued_age_s"]
-        table.add_row(
-            queue["name"],
-            str(queue["depth"]),
-            str(queue["running"]),
-            str(queue["scheduled"]),
-            str(queue["dead"]),
-            "-" if age is None else f"{age:.1f}",
-        )
-    console = Console()
-    console.print(table)
-    console.print(f"relay lag: {stats['relay_lag_s']:.1f}s (oldest due job not yet published)")
 
 
 @click.command()

@@ -73,6 +73,26 @@ metrics_port_option = click.option(
 )
 
 
+def autoscale_bounds(value: str, *, param_hint: str = "--autoscale") -> tuple[int, int]:
+    """``MAX,MIN`` (``MIN`` defaults to 1) as two numbers with 1 <= MIN <= MAX <= 256."""
+    high, comma, low = value.partition(",")
+    try:
+        bounds = int(high), (int(low) if comma else 1)
+    except ValueError:
+        raise click.BadParameter("expected MAX,MIN, e.g. 8,2", param_hint=param_hint) from None
+    if not 1 <= bounds[1] <= bounds[0] <= 256:
+        raise click.BadParameter("needs 1 <= MIN <= MAX <= 256", param_hint=param_hint)
+    return bounds
+
+
+def default_actor() -> str:
+    """Who runs this command, for the audit log: ``user@host``."""
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

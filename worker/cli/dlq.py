@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
+from conveyor.worker.cli.common import State, default_actor, emit_json, json_option, pass_state
 from conveyor.worker.constants import DeadReason
 from conveyor.worker.errors import JobNotFound, UsageError
 from conveyor.worker.models import utcnow
@@ -69,10 +67,6 @@ def filter_options(command: Any) -> Any:
     ):
         command = option(command)
     return command
-
-
-def default_actor() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @click.group()

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from conveyor.config.celery import worker_argv
 from conveyor.worker.catalog import declare
-from conveyor.worker.cli.common import State, metrics_port_option, pass_state
+from conveyor.worker.cli.common import State, autoscale_bounds, metrics_port_option, pass_state
 from conveyor.worker.constants import CELERY_QUEUE, RELAY_POLL_S
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.ledger import Ledger
@@ -27,6 +27,7 @@ from conveyor.worker.observability.probes import (
     ConsumingCollector,
     serve_probes,
 )
+from conveyor.worker.shutdown import STOPPED_HARD, bound_warm_shutdown
 
 log = logging.getLogger("conveyor.cli")
 
@@ -47,6 +48,11 @@ def declare_jobs(ledger: Ledger, worker: str) -> None:
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
 @click.option("-n", "--hostname", help="Worker node name, e.g. w1@%h (default: conveyor-PID@%h).")
 @click.option("--loglevel", default=None, help="Log level (default: CONVEYOR_LOG_LEVEL).")
+@click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    help="Let the prefork pool grow to MAX processes under load and shrink to MIN when idle.",
+)
 @metrics_port_option
 @pass_state
 def worker(
@@ -56,13 +62,18 @@ def worker(
     pool: str,
     hostname: str | None,
     loglevel: str | None,
+    autoscale: str | None,
     metrics_port: int | None,
 ) -> None:
-    """Run a worker that consumes jobs until stopped (SIGTERM: finish, then exit).
+    """Run a worker that consumes jobs until stopped (SIGTERM: hand back, finish, exit).
 
-    With a metrics port, it serves /metrics, /healthz (consuming?) and /readyz.
+    On SIGTERM it hands back the jobs it prefetched, lets the running ones finish within
+    CONVEYOR_SHUTDOWN_TIMEOUT_S and exits 0; past that, or at a second SIGTERM, it stops
+    them and exits 1 (docs/operations.md). With a metrics port, it serves /metrics,
+    /healthz (consuming?) and /readyz.
     """
     settings = state.settings
+    bounds = checked_autoscale(autoscale, pool=pool, settings=settings)
     level = loglevel or settings.log_level
     configure_logging(level, settings.log_format)
     port = metrics_port if metrics_port is not None else settings.metrics_port
@@ -89,9 +100,11 @@ def worker(
         loglevel=level,
         concurrency=concurrency,
         hostname=nodename,
+        autoscale=bounds,
     )
     declare_jobs(app.ledger, nodename)
-    status = run_celery(app, argv)
+    bound_warm_shutdown(settings.shutdown_timeout_s)
+    status = run_celery(app, argv) or int(STOPPED_HARD.is_set())
     if status:
         raise SystemExit(status)
 
@@ -114,6 +127,24 @@ def run_celery(app: Any, argv: list[str]) -> int:
     finally:
         celery_command.params[0].default = None
     return status if isinstance(status, int) else 0
+
+
+def checked_autoscale(option: str | None, *, pool: str, settings: Any) -> tuple[int, int] | None:
+    """``--autoscale MAX,MIN`` as numbers; refused where Celery cannot autoscale (a pool
+    other than prefork, quorum queues on RabbitMQ)."""
+    if option is None:
+        return None
+    from conveyor.config.settings import BrokerKind, QueueType
+
+    bounds = autoscale_bounds(option)
+    if pool != "prefork":
+        raise click.BadParameter(f"the {pool} pool cannot autoscale", param_hint="--autoscale")
+    if settings.broker_kind is BrokerKind.RABBITMQ and settings.queue_type is QueueType.QUORUM:
+        raise click.BadParameter(
+            "workers on quorum queues cannot autoscale (Celery does not support it)",
+            param_hint="--autoscale",
+        )
+    return bounds
 
 
 def consumed_queues(option: str | None, default_queue: str) -> list[str]:

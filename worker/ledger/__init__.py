@@ -10,6 +10,7 @@ module                 who calls it, for what
 ``reads``              the CLI, the API and tests: get, list, attempts, counts
 ``keys``               :mod:`worker.api.keys`: the API's keys
 ``catalog``            workers declare their job types; producers read them
+``pauses``             ``conveyor queues pause``/``resume`` and the API; every worker polls
 =====================  ===================================================================
 
 :class:`Ledger` joins the parts into the one object a process holds (``app.ledger``), safe to
@@ -25,6 +26,7 @@ from conveyor.worker.ledger.database import Database, NewJob, make_engine
 from conveyor.worker.ledger.dead import DeadLetterStore
 from conveyor.worker.ledger.jobs import Claim, JobPath
 from conveyor.worker.ledger.keys import KeyStore
+from conveyor.worker.ledger.pauses import PauseStore
 from conveyor.worker.ledger.reads import Reads
 from conveyor.worker.ledger.relay import Publish, RelayQueries
 
@@ -40,5 +42,5 @@ __all__ = [
 ]
 
 
-class Ledger(JobPath, RelayQueries, DeadLetterStore, Reads, KeyStore, CatalogStore):
+class Ledger(JobPath, RelayQueries, DeadLetterStore, Reads, KeyStore, CatalogStore, PauseStore):
     """The ledger of one database: every read and write of its job tables."""

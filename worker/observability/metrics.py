@@ -132,7 +132,7 @@ class _Forward(Collector):
 
 
 class LedgerCollector(Collector):
-    """Queue depth by state, oldest queued job's age, and relay lag, read at scrape time.
+    """Queue depth by state, oldest queued job's age, pauses and relay lag, read at scrape time.
 
     One grouped query (:func:`worker.operations.stats.queue_stats`) per scrape. Several processes
     (relays, API replicas) may serve the same figures: aggregate them with ``max``.
@@ -155,8 +155,14 @@ class LedgerCollector(Collector):
             "How long the oldest queued job of a queue has waited (0 when none waits).",
             labels=["queue"],
         )
+        paused = GaugeMetricFamily(
+            "conveyor_queue_paused",
+            "1 while the queue is paused (`conveyor queues pause`), else 0.",
+            labels=["queue"],
+        )
         for queue in stats["queues"]:
             name = queue["name"]
+            paused.add_metric([name], 1.0 if queue["paused"] else 0.0)
             for state, field in (
                 ("queued", "depth"),
                 ("running", "running"),
@@ -167,6 +173,7 @@ class LedgerCollector(Collector):
             age.add_metric([name], queue["oldest_queued_age_s"] or 0.0)
         yield jobs
         yield age
+        yield paused
         yield GaugeMetricFamily(
             "conveyor_outbox_lag_seconds",
             "Age of the oldest scheduled or outbox job already due but not yet published.",

@@ -153,13 +153,16 @@ WORKER_LIVENESS = Liveness()
 
 
 def consuming(consumer: Any) -> bool:
-    """True if the Celery consumer is connected and consumes from every queue it should."""
+    """True if the Celery consumer is connected and consumes from every queue it should
+    (every queue but those it holds while they are paused: a worker whose every queue is
+    paused is live, it waits for a resume)."""
     connection = getattr(consumer, "connection", None)
     tasks = getattr(consumer, "task_consumer", None)
     if connection is None or tasks is None or not connection.connected:
         return False
     queues = [queue.name for queue in tasks.queues]
-    return bool(queues) and all(tasks.consuming_from(name) for name in queues)
+    held = getattr(consumer, "held_queues", ())
+    return bool(queues or held) and all(tasks.consuming_from(name) for name in queues)
 
 
 class ConsumingStep(bootsteps.StartStopStep):  # type: ignore[misc]

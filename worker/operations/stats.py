@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from conveyor.worker.ledger import Ledger
-from conveyor.worker.models import Job, JobState, utcnow
+from conveyor.worker.models import Job, JobState, QueuePause, utcnow
 
 COUNTED = {
     JobState.QUEUED: "depth",
@@ -28,7 +28,8 @@ def _age_s(since: datetime | None, now: datetime) -> float | None:
 
 
 def queue_stats(ledger: Ledger) -> dict[str, Any]:
-    """Counts by queue and state, the oldest queued job's wait, and the relay's lag.
+    """Counts by queue and state, the oldest queued job's wait, whether the queue is paused,
+    and the relay's lag. A paused queue is listed even when it holds no job.
 
     A queued job's wait is measured from when it last became ``queued`` (its
     ``updated_at``), so a job back from a retry does not look older than it is. The relay's
@@ -52,15 +53,20 @@ def queue_stats(ledger: Ledger) -> dict[str, Any]:
     with ledger.session() as session:
         rows = session.execute(counts).all()
         due = session.scalar(oldest_due)
+        paused = session.scalars(select(QueuePause.queue)).all()
     queues: dict[str, dict[str, Any]] = {}
+
+    def stats_of(name: str) -> dict[str, Any]:
+        empty = {"name": name, "oldest_queued_age_s": None, "paused": False}
+        return queues.setdefault(name, {field: 0 for field in COUNTED.values()} | empty)
+
     for name, state, count, oldest in rows:
-        stats = queues.setdefault(
-            name,
-            {field: 0 for field in COUNTED.values()} | {"name": name, "oldest_queued_age_s": None},
-        )
+        stats = stats_of(name)
         stats[COUNTED[JobState(state)]] = count
         if state == JobState.QUEUED:
             stats["oldest_queued_age_s"] = _age_s(oldest, now)
+    for name in paused:
+        stats_of(name)["paused"] = True
     return {
         "queues": [queues[name] for name in sorted(queues)],
         "relay_lag_s": _age_s(due, now) or 0.0,
