@@ -1,4 +1,4 @@
-"""Monitoring in ops/: alert rules, their unit tests, the scrape config, the dashboard.
+"""Monitoring in ops/: alert rules, their unit tests and runbook, the scrape config, the dashboard.
 
 promtool (Debian's `prometheus` package, installed by scripts/test) checks the rules and
 the scrape config and runs the rules' unit tests for real. The dashboard's and the rules'
@@ -38,6 +38,7 @@ ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 SCRAPE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "conveyor-dashboard.json"
 README = ROOT / "ops" / "README.md"
+RUNBOOK = ROOT / "ops" / "RUNBOOK.md"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 EXPECTED_ALERTS = {
@@ -314,7 +315,7 @@ def test_every_alert_is_there_and_actionable() -> None:
         annotations = rule["annotations"]
         for key in ("summary", "description"):
             assert len(annotations.get(key, "")) > 20, f"{name}: {key} is missing or bare"
-        assert annotations["runbook_url"] == f"ops/README.md#{name.lower()}", name
+        assert annotations["runbook_url"] == f"ops/RUNBOOK.md#{name.lower()}", name
     severities = {rule["alert"]: rule["labels"]["severity"] for rule in rules}
     assert severities["ConveyorNoConsumingWorkers"] == "critical"
     assert severities["ConveyorBacklogAgeHigh"] == "critical"
@@ -388,14 +389,20 @@ def github_anchors(markdown: str) -> dict[str, str]:
     return anchors
 
 
-def test_every_runbook_link_reaches_its_section_of_the_readme() -> None:
-    anchors = github_anchors(README.read_text())
-    assert "monitoring" in anchors, "ops/README.md has no Monitoring section"
-    for rule in alert_rules():
-        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
-        assert (ROOT / path).resolve() == README.resolve(), rule["runbook_url"]
+def test_every_runbook_link_reaches_its_section_of_the_runbook() -> None:
+    anchors = github_anchors(RUNBOOK.read_text())
+    assert "alerts" in anchors, "ops/RUNBOOK.md has no Alerts section"
+    rules = alert_rules()
+    assert {rule["alert"] for rule in rules} == EXPECTED_ALERTS
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url")
+        assert url, f"{rule['alert']} has no runbook_url"
+        path, _, anchor = url.partition("#")
+        assert (ROOT / path).resolve() == RUNBOOK.resolve(), url
         assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in {path}"
-        assert rule["alert"] in anchors[anchor], anchors[anchor]
+        assert anchors[anchor] == rule["alert"], anchors[anchor]
+    # The alerts' old home says where they went.
+    assert "RUNBOOK.md" in README.read_text(), "ops/README.md does not point to RUNBOOK.md"
 
 
 # --- scrape config -----------------------------------------------------------------------
