@@ -1,6 +1,11 @@
 # Conveyor's one image: workers, migrations, Flower (and later the relay and the API).
 # Build: docker build -t conveyor .    Run: docker run --rm conveyor --help
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any Debian-based image whose `python` and `pip` on PATH are Python 3.11 or
+# newer, to install into. Where no registry is reachable, ops/docker/build-local-images
+# makes one from Debian's packages and passes it here (--build-arg BASE_IMAGE=...).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
