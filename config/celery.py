@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu.entity import Exchange, Queue
+
 from conveyor.config.settings import BrokerKind, QueueType, Settings
+from conveyor.worker.constants import MAX_PRIORITY
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -65,7 +68,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One visibility timeout, set alike everywhere Celery reads it.
         # Garbage pushed onto a Redis list becomes a poison message, not a worker crash.
         options["broker_transport"] = "conveyor.worker.transports:RedisTransport"
-        transport = {"visibility_timeout": settings.visibility_timeout_s}
+        # A list per priority level, 0 to 9 (kombu's default is four levels, 0, 3, 6, 9).
+        transport = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
+        }
         options["broker_transport_options"] = transport
         options["result_backend_transport_options"] = dict(transport)
     elif kind is BrokerKind.RABBITMQ:
@@ -74,7 +81,54 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         if settings.queue_type is QueueType.QUORUM:
             options["task_default_queue_type"] = "quorum"
             options["task_default_exchange_type"] = "topic"
+    if settings.queues:
+        options["task_queues"] = declared_queues(settings)
     return options
+
+
+def declared_queues(settings: Settings) -> list[Queue]:
+    """The queues of ``CONVEYOR_QUEUES``, as kombu declares them.
+
+    On RabbitMQ a priority queue gets ``x-max-priority`` and a quorum queue its type and an
+    exchange of its own (topic: Celery's delayed delivery binds to it); other queues sit on
+    the default exchange as undeclared ones do. Redis ignores the arguments.
+    """
+    rabbitmq = settings.broker_kind is BrokerKind.RABBITMQ
+    queues = []
+    for name, spec in sorted(settings.queues.items()):
+        arguments: dict[str, Any] = {}
+        if rabbitmq and spec.priority:
+            arguments["x-max-priority"] = MAX_PRIORITY
+        if rabbitmq and settings.queue_type_of(name) is QueueType.QUORUM:
+            arguments["x-queue-type"] = "quorum"
+            exchange = Exchange(name, type="topic")  # type: ignore[no-untyped-call]
+        elif on_default_exchange(settings):
+            exchange = Exchange("")  # type: ignore[no-untyped-call]
+        else:
+            exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+        queue = Queue(name, exchange, routing_key=name, queue_arguments=arguments or None)  # type: ignore[no-untyped-call]
+        queues.append(queue)
+    return queues
+
+
+def broker_priority(priority: int | None, kind: BrokerKind) -> int | None:
+    """A job's priority (0 to 9, 9 first; none is 0) as the broker orders it.
+
+    RabbitMQ runs higher numbers first, as Conveyor does. kombu's Redis transport runs 0
+    first and treats a message without a priority as 0, so there the scale is reversed and
+    a job without one is sent as the last level.
+    """
+    if kind is not BrokerKind.REDIS:
+        return priority
+    return MAX_PRIORITY - (priority or 0)
+
+
+def worker_options(settings: Settings, queues: list[str]) -> dict[str, Any]:
+    """Celery options of one ``conveyor worker`` consuming ``queues``: its prefetch is the
+    smallest of its queues' (``CONVEYOR_QUEUES``), so a long-job queue that asks for 1 gets 1
+    even beside a short-job queue; run one worker per queue class to give each its own."""
+    prefetch = min(settings.queue(name).prefetch or settings.prefetch_multiplier for name in queues)
+    return {"worker_prefetch_multiplier": prefetch}
 
 
 def on_default_exchange(settings: Settings) -> bool:

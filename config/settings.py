@@ -14,10 +14,19 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.config.errors import ConfigError
+from conveyor.worker.constants import DEAD_LETTER_SUFFIX
 
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite", "sqla+postgresql")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
@@ -45,6 +54,32 @@ class QueueType(StrEnum):
     QUORUM = "quorum"
 
 
+class QueueSpec(BaseModel):
+    """One queue as ``CONVEYOR_QUEUES`` declares it (every field optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: QueueType | None = Field(
+        None, description="RabbitMQ: classic or quorum; unset: CONVEYOR_QUEUE_TYPE."
+    )
+    priority: bool = Field(
+        False,
+        description="Honour job priorities (0 to 9, 9 first). RabbitMQ: declared with "
+        "x-max-priority; on Redis every queue has priorities.",
+    )
+    prefetch: int | None = Field(
+        None,
+        gt=0,
+        le=64,
+        description="Messages each worker process reserves ahead: more for short jobs, 1 for "
+        "long ones; unset: CONVEYOR_PREFETCH_MULTIPLIER.",
+    )
+
+
+UNDECLARED = QueueSpec()
+"""What a queue that ``CONVEYOR_QUEUES`` does not name gets: every default."""
+
+
 class Settings(BaseSettings):
     """Everything Conveyor can be told. Field ``x`` is set by ``CONVEYOR_X``."""
 
@@ -70,6 +105,11 @@ class Settings(BaseSettings):
     )
     default_queue: str = Field("default", min_length=1, max_length=200)
     queue_type: QueueType = Field(QueueType.CLASSIC, description="RabbitMQ queue type.")
+    queues: dict[str, QueueSpec] = Field(
+        default_factory=dict,
+        description='Queues with settings of their own, as JSON: {"reports": {"prefetch": 1, '
+        '"priority": true, "type": "quorum"}}. Undeclared queues get the defaults.',
+    )
     visibility_timeout_s: int = Field(
         3600, gt=0, description="Redis: seconds before an unacknowledged message is re-delivered."
     )
@@ -172,6 +212,33 @@ class Settings(BaseSettings):
             _check_scheme(value.get_secret_value(), DATABASE_SCHEMES, need_host=False)
         return value
 
+    @field_validator("queues")
+    @classmethod
+    def _check_queue_names(cls, value: dict[str, QueueSpec]) -> dict[str, QueueSpec]:
+        for name in value:
+            if not 1 <= len(name) <= 200 or not name.strip():
+                raise ValueError(f"queue name {name!r}: 1 to 200 characters")
+            if name.endswith(DEAD_LETTER_SUFFIX):
+                raise ValueError(f"queue name {name!r}: {DEAD_LETTER_SUFFIX} names dead letters")
+        return value
+
+    def queue(self, name: str) -> QueueSpec:
+        """``name``'s declared settings, or the defaults for an undeclared queue."""
+        return self.queues.get(name) or UNDECLARED
+
+    def queue_type_of(self, name: str) -> QueueType:
+        return self.queue(name).type or self.queue_type
+
+    @model_validator(mode="after")
+    def _check_queue_types(self) -> Self:
+        for name, spec in self.queues.items():
+            if spec.priority and self.queue_type_of(name) is QueueType.QUORUM:
+                raise ValueError(
+                    f"CONVEYOR_QUEUES: {name!r} is a quorum queue, which has no priorities "
+                    "on RabbitMQ 3.10: make it classic or drop its priority"
+                )
+        return self
+
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:
         if self.broker_kind is BrokerKind.REDIS and self.visibility_timeout_s <= (
@@ -254,8 +321,11 @@ def load_settings(**overrides: Any) -> Settings:
 def _one_line(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        # Checks across fields carry no location; their messages name the variables.
-        problems.append(f"CONVEYOR_{field.upper()}: {message}" if field else message)
+        if not error["loc"]:  # checks across fields: their messages name the variables
+            problems.append(message)
+            continue
+        # Within a field the path stays as written: CONVEYOR_QUEUES.reports.prefetch.
+        variable, *inside = (str(part) for part in error["loc"])
+        problems.append(".".join([f"CONVEYOR_{variable.upper()}", *inside]) + f": {message}")
     return "; ".join(problems)

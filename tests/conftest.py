@@ -24,6 +24,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -45,6 +46,9 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 BROKERS = {"redis": REDIS_URL, "rabbitmq": AMQP_URL}
+MANAGEMENT_API_URL = os.environ.get(
+    "CONVEYOR_TEST_RABBITMQ_API_URL", "http://guest:guest@127.0.0.1:15672/api/"
+)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -128,11 +132,11 @@ def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None =
     """Delete queues a test made on a shared broker, with their dead-letter queues.
 
     With ``pg_url``, the queues' unfinished jobs in that ledger are cancelled first (see
-    :func:`retire_jobs`). Each queue is declared before it is deleted, as Celery declares
-    bound to an exchange of its name: kombu's Redis transport deletes a queue's messages
-    through the bindings this connection knows, and a fresh one knows none (Conveyor's
-    queues are on the default exchange, which binds nothing). On RabbitMQ the exchanges
-    go too (exchanges named after a queue: what Celery producers declare).
+    :func:`retire_jobs`). On Redis each queue is declared before it is deleted, bound to an
+    exchange of its name: kombu's Redis transport deletes a queue's messages through the
+    bindings this connection knows, and a fresh one knows none (Conveyor's queues are on
+    the default exchange, which binds nothing). On RabbitMQ queues and the exchanges named
+    after them (what Celery producers declare) are deleted by name.
     """
     names = list(names)
     if pg_url is not None:
@@ -143,13 +147,15 @@ def delete_queues(broker_url: str, names: Iterable[str], *, pg_url: str | None =
         channel = connection.default_channel
         for name in names:
             for queue_name in (name, dead_letter_destination(name).name):
-                bound = Queue(queue_name, Exchange(queue_name), routing_key=queue_name).bind(
-                    channel
-                )
-                bound.declare()
-                bound.delete()
-                with suppress(Exception):  # Redis keeps no exchange apart from its bindings
-                    bound.exchange.delete()
+                if broker_url.startswith("redis"):
+                    bound = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+                    bound.bind(channel).declare()
+                    bound.bind(channel).delete()
+                    continue
+                # RabbitMQ deletes by name, whatever the queue was declared with (a
+                # declaration with other arguments would fail with 406).
+                channel.queue_delete(queue_name)
+                channel.exchange_delete(queue_name)
 
 
 def forget_unacked(redis_url: str, queues: Iterable[str]) -> int:
@@ -200,6 +206,19 @@ def drain_ids(broker_url: str, queue: str) -> list[str]:
             message.ack()
         bound.close()
     return ids
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test's own, deleted afterwards with all it holds."""
+    name = f"conveyor-test-{uuid.uuid4().hex[:10]}"
+    with httpx.Client(base_url=MANAGEMENT_API_URL, timeout=10) as api:
+        api.put(f"vhosts/{name}").raise_for_status()
+        grant = {"configure": ".*", "write": ".*", "read": ".*"}
+        api.put(f"permissions/{name}/guest", json=grant).raise_for_status()
+        scheme_end = len("amqp://")
+        yield AMQP_URL[: AMQP_URL.index("/", scheme_end)] + "/" + name
+        api.delete(f"vhosts/{name}").raise_for_status()
 
 
 @pytest.fixture

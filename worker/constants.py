@@ -29,6 +29,10 @@ PAUSE_POLL_S: Final = 1.0
 """How often a worker reads the paused queues from the ledger: a pause or a resume takes
 effect on every worker within about this long."""
 
+MAX_PRIORITY: Final = 9
+"""Job priorities run from 0 to this, higher first, on every broker (config.celery maps them
+onto each broker's own scale)."""
+
 RELAY_BATCH: Final = 500
 """Most rows the relay takes in one transaction."""
 

@@ -35,6 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from conveyor.config.celery import broker_priority
 from conveyor.config.settings import BrokerKind
 from conveyor.worker.constants import IDEMPOTENCY_HEADER
 from conveyor.worker.errors import EnqueueError
@@ -66,13 +67,17 @@ class Outgoing:
     priority: int | None = None
     idempotency_key: str | None = None
 
-    def options(self, amqp: bool) -> dict[str, Any]:
-        """``send_task`` options: the job id is the task id; a JSON payload's repr is cheap
-        (Celery's ``saferepr`` cost more than the rest of building the message)."""
+    def options(self, kind: BrokerKind, *, prioritized: bool) -> dict[str, Any]:
+        """``send_task`` options: the job id is the task id; the priority, on a queue declared
+        with priorities (``CONVEYOR_QUEUES``), the broker's for the job's
+        (:func:`~config.celery.broker_priority`), elsewhere none, so that every broker runs
+        such a queue first in, first out; a JSON payload's repr is cheap (Celery's
+        ``saferepr`` cost more than the rest of building the message)."""
+        amqp = kind is BrokerKind.RABBITMQ
         options: dict[str, Any] = {
             "task_id": self.job_id,
             "queue": self.queue,
-            "priority": self.priority,
+            "priority": broker_priority(self.priority, kind) if prioritized else None,
             "headers": {IDEMPOTENCY_HEADER: self.idempotency_key} if self.idempotency_key else None,
             "argsrepr": "()",
             "kwargsrepr": repr(self.payload)[:REPR_CHARS],
@@ -81,11 +86,13 @@ class Outgoing:
             options["mandatory"] = True
         return options
 
-    def send(self, app: Celery, producer: Any, *, amqp: bool) -> None:
+    def send(self, app: ConveyorApp, producer: Any) -> None:
         """Hand the message to ``producer`` (no retry here: the callers retry)."""
-        app.send_task(
-            self.task, kwargs=self.payload, producer=producer, retry=False, **self.options(amqp)
+        settings = app.settings
+        options = self.options(
+            settings.broker_kind, prioritized=settings.queue(self.queue).priority
         )
+        app.send_task(self.task, kwargs=self.payload, producer=producer, retry=False, **options)
 
 
 class Unroutable(Exception):
@@ -107,7 +114,7 @@ def _send_once(app: Celery, message: Outgoing, amqp: bool) -> None:
         if amqp:
             producer.channel.events["basic_return"].add(on_return)
         try:
-            message.send(app, producer, amqp=amqp)
+            message.send(app, producer)
         finally:
             if amqp:
                 producer.channel.events["basic_return"].discard(on_return)
@@ -181,7 +188,7 @@ def _send_pipelined_batch(app: ConveyorApp, messages: Sequence[Outgoing]) -> lis
         producer.connection.ensure_connection(max_retries=CONNECT_RETRIES)
         with producer.batch():
             for message in messages:
-                message.send(app, producer, amqp=False)
+                message.send(app, producer)
     return []
 
 
@@ -238,7 +245,7 @@ def _send_confirmed_batch(app: ConveyorApp, messages: Sequence[Outgoing]) -> lis
             channel.events["basic_return"].add(confirms.returned_message)
             producer = Producer(channel)  # type: ignore[no-untyped-call]
             for message in messages:
-                message.send(app, producer, amqp=True)
+                message.send(app, producer)
             deadline = monotonic() + CONFIRM_TIMEOUT_S
             while not confirms.complete and monotonic() < deadline:
                 channel.wait([spec.Basic.Ack, spec.Basic.Nack], timeout=deadline - monotonic())

@@ -27,6 +27,7 @@ from conveyor.worker.app import ConveyorApp
 from conveyor.worker.constants import RELAY_BATCH, RELAY_POLL_S
 from conveyor.worker.models import Job
 from conveyor.worker.observability.probes import Liveness
+from conveyor.worker.operations.broker import depths
 from conveyor.worker.outcomes import Event, JobEvent
 from conveyor.worker.publish import publish_row
 
@@ -34,13 +35,10 @@ log = logging.getLogger("conveyor.relay")
 
 
 def broker_depth(app: ConveyorApp, queue: str) -> int:
-    """Messages ready in ``queue`` on the broker (reserved, unacknowledged ones excluded)."""
-    with app.connection_for_write() as connection:
-        try:
-            _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
-        except connection.channel_errors:
-            return 0  # no such queue: nothing in it
-    return int(count)
+    """Messages ready in ``queue`` on the broker (reserved, unacknowledged ones excluded);
+    0 when there is no such queue."""
+    found = depths(app, [queue])
+    return found[0].messages if found else 0
 
 
 STRANDED_AFTER_S = 30.0

@@ -28,36 +28,20 @@ from conveyor.worker.app import ConveyorApp, create_app
 from conveyor.worker.client import get_job
 from conveyor.worker.models import JobState
 from tests.conftest import (
-    AMQP_URL,
+    MANAGEMENT_API_URL,
     REDIS_URL,
     ROOT,
     Processes,
     WorkerFactory,
     conveyor_env,
     delete_queues,
+    metric_samples,
+    run_cli,
     state_of,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
-
-MANAGEMENT_API_URL = os.environ.get(
-    "CONVEYOR_TEST_RABBITMQ_API_URL", "http://guest:guest@127.0.0.1:15672/api/"
-)
-
-
-@pytest.fixture
-def vhost_url() -> Iterator[str]:
-    """A RabbitMQ vhost of this test's own, deleted afterwards with all it holds."""
-    name = f"conveyor-test-{uuid.uuid4().hex[:10]}"
-    with httpx.Client(base_url=MANAGEMENT_API_URL, timeout=10) as api:
-        api.put(f"vhosts/{name}").raise_for_status()
-        grant = {"configure": ".*", "write": ".*", "read": ".*"}
-        api.put(f"permissions/{name}/guest", json=grant).raise_for_status()
-        scheme_end = len("amqp://")
-        yield AMQP_URL[: AMQP_URL.index("/", scheme_end)] + "/" + name
-        api.delete(f"vhosts/{name}").raise_for_status()
-
 
 CELERY_NODE = "celery-node@0.5.9"
 NODE_DIR = ROOT / ".cache" / "node"
@@ -238,29 +222,65 @@ def test_a_worker_that_meets_an_unrecoverable_broker_error_exits_non_zero(
     assert "PRECONDITION_FAILED" in log or "PreconditionFailed" in log
 
 
+def unconsumed_queues(env: dict[str, str]) -> dict[str, int]:
+    """`conveyor queues --json`'s broker queues that hold messages no worker consumes."""
+    result = run_cli("queues", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return {queue["name"]: queue["messages"] for queue in json.loads(result.stdout)["unconsumed"]}
+
+
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_a_plain_send_task_that_names_no_queue_runs_on_a_default_worker(
     broker: str, request: pytest.FixtureRequest, pg_url: str, tmp_path: Path, processes: Processes
 ) -> None:
     """Celery's producers send to `celery` when they name no queue; a worker that consumes
-    the default queue consumes that one too."""
+    the default queue consumes that one too. Until one does, and for a queue no worker
+    consumes at all, `conveyor queues` and the relay's metrics show the waiting messages."""
+    typo = f"test-typo-{uuid.uuid4().hex[:10]}"
     if broker == "rabbitmq":
         broker_url = request.getfixturevalue("vhost_url")
-        extra: dict[str, str] = {}
+        # With the management API the queues of the vhost are listed, `typo` among them.
+        extra: dict[str, str] = {"broker_api_url": MANAGEMENT_API_URL}
     else:  # the shared Redis: a default queue of this test's own, and `celery` removed after
         broker_url = REDIS_URL
         own_default = f"test-default-{uuid.uuid4().hex[:10]}"
         extra = {"default_queue": own_default}
         request.addfinalizer(
-            lambda: delete_queues(REDIS_URL, ["celery", own_default], pg_url=pg_url)
+            lambda: delete_queues(REDIS_URL, ["celery", own_default, typo], pg_url=pg_url)
         )
+    env = conveyor_env(broker_url, pg_url, tmp_path, **extra)
     app = create_app(load_settings(broker_url=broker_url, database_url=pg_url))
     producer = Celery("plain", broker=broker_url, set_as_current=False)
     job_id = producer.send_task("test.typed", kwargs={"count": 7}).id
+    for _ in range(3):
+        producer.send_task("test.typed", kwargs={"count": 1}, queue=typo)
     producer.close()
 
-    processes.start(conveyor_env(broker_url, pg_url, tmp_path, **extra), "worker", "-c", "1")
-    wait_for(lambda: state_of(app, job_id) == JobState.SUCCEEDED, timeout_s=60)
+    assert {"celery": 1, typo: 3}.items() <= unconsumed_queues(env).items()
+    port = free_port()
+    processes.start(env, "relay", "--metrics-port", str(port))
+
+    def scraped() -> dict[str, float]:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return {}
+        samples = metric_samples(text)
+        return {
+            dict(labels)["queue"]: value
+            for (name, labels), value in samples.items()
+            if name == "conveyor_broker_queue_unconsumed_messages"
+        }
+
+    assert wait_for(lambda: scraped().get(typo), timeout_s=60) == 3
+    assert scraped().get("celery") == 1
+
+    processes.start(env, "worker", "-c", "1")
+    wait_for(lambda: state_of(app, job_id) == JobState.SUCCEEDED, timeout_s=120)
     job = get_job(job_id, app=app)
     assert (job.task, job.queue, job.payload) == ("test.typed", "celery", {"count": 7})
+    still = unconsumed_queues(env)
+    assert "celery" not in still
+    assert still.get(typo) == 3
+    assert "celery" not in scraped()
     app.ledger.dispose()

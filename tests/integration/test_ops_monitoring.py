@@ -47,10 +47,15 @@ EXPECTED_ALERTS = {
     "ConveyorRetryStorm",
     "ConveyorNoConsumingWorkers",
     "ConveyorOutboxLagHigh",
+    "ConveyorUnconsumedQueue",
     "ConveyorMetricsTargetDown",
 }
-# Served by each worker (1 while its consumer consumes); not in worker.observability.metrics.
-WORKER_GAUGES = {"conveyor_worker_consuming": {"worker"}}
+# Served by each worker (1 while its consumer consumes), and by the relay from the broker
+# (test_foreign_producers.py scrapes it): not collected from a bare ledger here.
+WORKER_GAUGES = {
+    "conveyor_worker_consuming": {"worker"},
+    "conveyor_broker_queue_unconsumed_messages": {"queue"},
+}
 # Series Prometheus makes itself, and the labels it attaches to every scraped series.
 PROMETHEUS_SERIES = {"up"}
 TARGET_LABELS = {"job", "instance"}

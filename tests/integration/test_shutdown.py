@@ -163,7 +163,11 @@ def test_sigterm_finishes_what_runs_and_hands_back_the_rest_at_once(
     (artifacts / f"shutdown-{report['broker']}.json").write_text(json.dumps(report, indent=2))
 
 
-@pytest.mark.parametrize("how", ["timeout", "second-sigterm"])
+@pytest.mark.parametrize(
+    ("broker_url", "how"),
+    [("redis", "timeout"), ("rabbitmq", "timeout"), ("redis", "second-sigterm")],
+    indirect=["broker_url"],
+)
 def test_past_the_timeout_or_at_a_second_sigterm_the_worker_stops_hard_and_the_job_still_ends_once(
     broker_url: str,
     ledger_url: str,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.config.celery import celery_config
+from conveyor.config.celery import broker_priority, celery_config, worker_options
 from conveyor.config.settings import BrokerKind, QueueType, load_settings
 from conveyor.worker.app import create_app
 from conveyor.worker.errors import ConfigError
@@ -284,8 +284,9 @@ def test_redis_gets_one_visibility_timeout_everywhere(monkeypatch: pytest.Monkey
         {"CONVEYOR_BROKER_URL": "redis://h:6379/0", "CONVEYOR_VISIBILITY_TIMEOUT_S": "7200"},
     )
     options = celery_config(load_settings())
-    assert options["broker_transport_options"] == {"visibility_timeout": 7200}
-    assert options["result_backend_transport_options"] == {"visibility_timeout": 7200}
+    expected = {"visibility_timeout": 7200, "priority_steps": list(range(10))}
+    assert options["broker_transport_options"] == expected
+    assert options["result_backend_transport_options"] == expected
 
 
 @pytest.mark.parametrize(
@@ -296,7 +297,13 @@ def test_redis_gets_one_visibility_timeout_everywhere(monkeypatch: pytest.Monkey
         ("amqp://h//", "quorum", {"confirm_publish": True}, "quorum", "default"),
         ("pyamqp://h//", "quorum", {"confirm_publish": True}, "quorum", "default"),
         # the queue type is a RabbitMQ setting: ignored on Redis and the embedded broker
-        ("redis://h", "quorum", {"visibility_timeout": 3600}, None, ""),
+        (
+            "redis://h",
+            "quorum",
+            {"visibility_timeout": 3600, "priority_steps": list(range(10))},
+            None,
+            "",
+        ),
         ("sqla+sqlite:////srv/broker.sqlite", "quorum", None, None, ""),
     ],
 )
@@ -318,3 +325,85 @@ def test_broker_specific_options(
     assert made.exchange.name == ("other" if exchange else "")
     assert options.get("broker_transport_options") == transport_options
     assert options.get("task_default_queue_type") == default_queue_type
+
+
+def test_declared_queues_are_read_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "CONVEYOR_QUEUES",
+        '{"reports": {"prefetch": 1, "priority": true}, "fast": {"prefetch": 8}}',
+    )
+    settings = load_settings(broker_url="amqp://guest@127.0.0.1//")
+    assert settings.queue("reports").prefetch == 1
+    assert settings.queue("reports").priority is True
+    assert settings.queue("fast").prefetch == 8
+    assert settings.queue("undeclared").prefetch is None  # the defaults
+    assert settings.queue_type_of("reports") is QueueType.CLASSIC
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ('{"q": {"prefetch": 0}}', "CONVEYOR_QUEUES.q.prefetch: Input should be greater than 0"),
+        ('{"q": {"speed": 1}}', "CONVEYOR_QUEUES.q.speed: Extra inputs are not permitted"),
+        ('{"q.dead": {}}', "'q.dead': .dead names dead letters"),
+        ('{"q": {"type": "quorum", "priority": true}}', "quorum queue, which has no priorities"),
+        ('["q"]', "CONVEYOR_QUEUES: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_queue_declarations_are_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, declared: str, message: str
+) -> None:
+    monkeypatch.setenv("CONVEYOR_QUEUES", declared)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(broker_url="amqp://guest@127.0.0.1//")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_declared_queues_become_kombu_queues_with_their_arguments() -> None:
+    queues = {
+        "classic": {},
+        "urgent": {"priority": True},
+        "ledgered": {"type": "quorum"},
+    }
+    rabbitmq = {
+        q.name: q
+        for q in celery_config(load_settings(broker_url="amqp://guest@127.0.0.1//", queues=queues))[
+            "task_queues"
+        ]
+    }
+    assert rabbitmq["classic"].exchange.name == ""
+    assert rabbitmq["classic"].queue_arguments is None
+    assert rabbitmq["urgent"].queue_arguments == {"x-max-priority": 9}
+    assert rabbitmq["ledgered"].queue_arguments == {"x-queue-type": "quorum"}
+    assert (rabbitmq["ledgered"].exchange.name, rabbitmq["ledgered"].exchange.type) == (
+        "ledgered",
+        "topic",
+    )
+    redis = celery_config(load_settings(broker_url="redis://127.0.0.1/0", queues=queues))
+    assert {q.queue_arguments for q in redis["task_queues"]} == {None}
+    assert redis["broker_transport_options"]["priority_steps"] == list(range(10))
+    assert "task_queues" not in celery_config(load_settings(broker_url="redis://127.0.0.1/0"))
+
+
+@pytest.mark.parametrize(
+    ("priority", "rabbitmq", "redis"),
+    [(9, 9, 0), (5, 5, 4), (0, 0, 9), (None, None, 9)],
+)
+def test_one_priority_scale_is_mapped_onto_each_broker(
+    priority: int | None, rabbitmq: int | None, redis: int
+) -> None:
+    """9 runs first everywhere; no priority is the lowest, as on RabbitMQ."""
+    assert broker_priority(priority, BrokerKind.RABBITMQ) == rabbitmq
+    assert broker_priority(priority, BrokerKind.REDIS) == redis
+
+
+def test_a_worker_takes_the_smallest_prefetch_of_its_queues() -> None:
+    settings = load_settings(
+        broker_url="redis://127.0.0.1/0",
+        prefetch_multiplier=2,
+        queues={"fast": {"prefetch": 8}, "slow": {"prefetch": 1}},
+    )
+    assert worker_options(settings, ["fast"]) == {"worker_prefetch_multiplier": 8}
+    assert worker_options(settings, ["fast", "slow"]) == {"worker_prefetch_multiplier": 1}
+    assert worker_options(settings, ["other", "fast"]) == {"worker_prefetch_multiplier": 2}

@@ -105,7 +105,13 @@ class JobCreate(BaseModel):
     delay_s: float | None = Field(
         None, ge=0, le=MAX_DELAY_S, allow_inf_nan=False, description="Run no sooner than this."
     )
-    priority: int | None = Field(None, ge=0, le=9, description="0 to 9.")
+    priority: int | None = Field(
+        None,
+        ge=0,
+        le=9,
+        description="0 to 9, 9 first; none counts as 0. Honoured on queues declared with "
+        "priorities (CONVEYOR_QUEUES), first in first out elsewhere.",
+    )
 
 
 IdempotencyKey = Annotated[

@@ -27,7 +27,11 @@ BATCH_SIZE = 500
 @click.option("--key", "idempotency_key", help="Idempotency key: enqueue at most once per key.")
 @click.option("--queue", help="Queue to use instead of the job's own.")
 @click.option("--delay", type=click.FloatRange(0), help="Seconds to wait before running.")
-@click.option("--priority", type=click.IntRange(0, 9), help="Priority, 0 to 9.")
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    help="Priority, 0 to 9, 9 first (on queues declared with priorities).",
+)
 @click.option(
     "--from-file",
     "from_file",

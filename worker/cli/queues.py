@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from conveyor.worker.cli.common import State, default_actor, emit_json, json_option, pass_state
@@ -15,7 +17,8 @@ def queues(ctx: click.Context, state: State, as_json: bool) -> None:
     """Every queue's queued, running, scheduled and dead jobs, its oldest wait, relay lag.
 
     A paused queue shows as paused (``conveyor queues pause Q``): its jobs wait until it is
-    resumed.
+    resumed. Below the table: broker queues that hold messages no worker consumes (in
+    ``--json``, ``unconsumed``: null when the broker could not be asked).
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -24,9 +27,10 @@ def queues(ctx: click.Context, state: State, as_json: bool) -> None:
 
     from conveyor.worker.operations.stats import queue_stats
 
-    stats = queue_stats(state.ledger)
+    stats = queue_stats(state.app.ledger)
+    stranded = unconsumed_on_broker(state, stats["queues"])
     if as_json:
-        emit_json(stats)
+        emit_json(stats | {"unconsumed": stranded})
         return
     table = Table("queue", "queued", "running", "scheduled", "dead", "oldest queued (s)", "paused")
     for queue in stats["queues"]:
@@ -43,6 +47,27 @@ def queues(ctx: click.Context, state: State, as_json: bool) -> None:
     console = Console()
     console.print(table)
     console.print(f"relay lag: {stats['relay_lag_s']:.1f}s (oldest due job not yet published)")
+    for queue in stranded or []:
+        console.print(
+            f"[bold red]{queue['name']}[/]: {queue['messages']} messages on the broker, "
+            "and no worker consumes it"
+        )
+
+
+def unconsumed_on_broker(state: State, queues: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Broker queues holding messages no worker consumes (:mod:`worker.operations.broker`),
+    or None, said on stderr, when the broker cannot be asked."""
+    from kombu.exceptions import OperationalError
+
+    from conveyor.worker.operations.broker import unconsumed
+
+    paused = [queue["name"] for queue in queues if queue["paused"]]
+    try:
+        found = unconsumed(state.app, [queue["name"] for queue in queues], paused=paused)
+    except (OperationalError, OSError) as exc:
+        click.echo(f"conveyor: warning: the broker was not checked: {exc}", err=True)
+        return None
+    return [{"name": queue.name, "messages": queue.messages} for queue in found]
 
 
 @queues.command("pause")

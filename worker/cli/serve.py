@@ -14,7 +14,7 @@ import click
 from celery.utils.nodenames import default_nodename, host_format
 from sqlalchemy.exc import SQLAlchemyError
 
-from conveyor.config.celery import worker_argv
+from conveyor.config.celery import worker_argv, worker_options
 from conveyor.worker.catalog import declare
 from conveyor.worker.cli.common import State, autoscale_bounds, metrics_port_option, pass_state
 from conveyor.worker.constants import CELERY_QUEUE, RELAY_POLL_S
@@ -94,8 +94,10 @@ def worker(
             live=lambda: WORKER_LIVENESS.live,
             extra=ConsumingCollector(nodename, WORKER_LIVENESS),
         )
+    consumed = consumed_queues(queues, settings.default_queue)
+    app.conf.update(worker_options(settings, consumed))  # prefetch of its queue class
     argv = worker_argv(
-        queues=",".join(consumed_queues(queues, settings.default_queue)),
+        queues=",".join(consumed),
         pool=pool,
         loglevel=level,
         concurrency=concurrency,
@@ -185,6 +187,8 @@ def relay(state: State, poll_s: float, alive_file: Path | None, metrics_port: in
     runner = Relay(state.app, poll_s=poll_s, alive_file=alive_file)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port is not None:
-        serve_probes(state.app, port=port, live=lambda: runner.liveness.live, with_ledger=True)
+        serve_probes(
+            state.app, port=port, live=lambda: runner.liveness.live, with_queue_gauges=True
+        )
     runner.stop_on_signals()
     runner.run()

@@ -17,11 +17,12 @@ alert rules in ``ops/`` use them, and ``docs/observability.md`` lists them.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -33,6 +34,8 @@ from conveyor.worker.outcomes import Event
 if TYPE_CHECKING:
     from conveyor.worker.ledger import Ledger
     from conveyor.worker.outcomes import JobEvent
+
+log = logging.getLogger("conveyor.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -107,9 +110,10 @@ def use_multiprocess(directory: Path) -> None:
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
-def registry_for_scrape(ledger: Ledger | None = None) -> CollectorRegistry:
+def registry_for_scrape(ledger: Ledger | None = None, *, broker: Any = None) -> CollectorRegistry:
     """The registry a /metrics endpoint serves: this process family's counts, plus the
-    ledger gauges when ``ledger`` is given."""
+    ledger gauges when ``ledger`` is given, plus the unconsumed broker queues when
+    ``broker`` (the app) is given."""
     registry = CollectorRegistry(auto_describe=False)
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
@@ -118,6 +122,8 @@ def registry_for_scrape(ledger: Ledger | None = None) -> CollectorRegistry:
         registry.register(_Forward(REGISTRY))
     if ledger is not None:
         registry.register(LedgerCollector(ledger))
+    if broker is not None:
+        registry.register(BrokerCollector(broker))
     return registry
 
 
@@ -179,3 +185,38 @@ class LedgerCollector(Collector):
             "Age of the oldest scheduled or outbox job already due but not yet published.",
             value=stats["relay_lag_s"],
         )
+
+
+class BrokerCollector(Collector):
+    """``conveyor_broker_queue_unconsumed_messages{queue}``: messages waiting on a broker
+    queue that no worker consumes (:mod:`worker.operations.broker`), read at scrape time.
+    Served by the relay; a broker that cannot be asked yields no sample, and the
+    ``ConveyorMetricsTargetDown``/readiness checks report the outage itself."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from kombu.exceptions import OperationalError
+
+        from conveyor.worker.operations.broker import unconsumed
+        from conveyor.worker.operations.stats import queue_stats
+
+        gauge = GaugeMetricFamily(
+            "conveyor_broker_queue_unconsumed_messages",
+            "Messages waiting on a broker queue no worker consumes (paused queues excepted).",
+            labels=["queue"],
+        )
+        queues = queue_stats(self.app.ledger)["queues"]
+        paused = [queue["name"] for queue in queues if queue["paused"]]
+        with self.app.connection_for_read() as connection:
+            errors = (*connection.connection_errors, *connection.channel_errors)
+        try:
+            found = unconsumed(self.app, [queue["name"] for queue in queues], paused=paused)
+        except (*errors, OperationalError, OSError):
+            # The scrape still answers (the ledger's gauges); readiness reports the outage.
+            log.warning("metrics.broker_queues_failed", exc_info=True)
+            found = []
+        for queue in found:
+            gauge.add_metric([queue.name], queue.messages)
+        yield gauge

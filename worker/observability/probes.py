@@ -314,11 +314,15 @@ def serve_probes(
     port: int,
     live: Callable[[], bool],
     extra: Collector | None = None,
-    with_ledger: bool = False,
+    with_queue_gauges: bool = False,
 ) -> WSGIServer:
-    """Start the probe server for a worker or relay on ``app``'s settings."""
+    """Start the probe server for a worker or relay on ``app``'s settings; with
+    ``with_queue_gauges`` (the relay) its /metrics also reads the ledger's queue gauges and
+    the broker's unconsumed queues at each scrape."""
     settings = app.settings
-    registry = registry_for_scrape(app.ledger if with_ledger else None)
+    registry = registry_for_scrape(
+        app.ledger if with_queue_gauges else None, broker=app if with_queue_gauges else None
+    )
     if extra is not None:
         registry.register(extra)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
