@@ -6,12 +6,13 @@ guarantee that plain Celery's defaults do not give; the comments say which.
 
 from __future__ import annotations
 
-from typing import Any
-
-from kombu.entity import Exchange, Queue
+from typing import TYPE_CHECKING, Any
 
 from conveyor.config.settings import BrokerKind, QueueType, Settings
 from conveyor.worker.constants import MAX_PRIORITY
+
+if TYPE_CHECKING:
+    from kombu.entity import Queue
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -93,6 +94,8 @@ def declared_queues(settings: Settings) -> list[Queue]:
     exchange of its own (topic: Celery's delayed delivery binds to it); other queues sit on
     the default exchange as undeclared ones do. Redis ignores the arguments.
     """
+    from kombu.entity import Exchange, Queue  # here: reading the settings needs no kombu
+
     rabbitmq = settings.broker_kind is BrokerKind.RABBITMQ
     queues = []
     for name, spec in sorted(settings.queues.items()):

@@ -33,6 +33,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from conveyor.config import load_settings
 from conveyor.config.settings import Settings
 from conveyor.worker.ledger import Ledger
 from conveyor.worker.models import Base, Job, JobState
@@ -721,6 +722,13 @@ def test_every_routed_queue_has_consumers(base: list[Object]) -> None:
     assert routed | {SLOW_QUEUE} <= set().union(*deployments), found.consumed
     assert routed | {SLOW_QUEUE} <= set().union(*units), found.consumed
     assert "celery" in set().union(*deployments), "nobody consumes Celery's default queue"
+    # Every queue the settings declare is consumed by a worker Deployment, and the
+    # declaration is one the settings accept.
+    declared = load_settings(
+        broker_url="amqp://guest@rabbitmq//", queues=json.loads(config["CONVEYOR_QUEUES"])
+    ).queues
+    assert declared, "the ConfigMap declares no queue"
+    assert set(declared) <= set().union(*deployments), (declared, found.consumed)
     # The slow class is one job at a time per process, nothing reserved ahead.
     slow = workers["conveyor-worker-slow"]
     assert option(main_args(slow), "-Q", "--queues") == SLOW_QUEUE
