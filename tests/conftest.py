@@ -31,7 +31,7 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, insert, select
 
 from conveyor.config import load_settings
 from conveyor.worker.app import ConveyorApp, create_app
@@ -248,19 +248,83 @@ def env(tmp_path: Path, broker_url: str, pg_url: str) -> dict[str, str]:
     return conveyor_env(broker_url, pg_url, tmp_path)
 
 
+def producer_app(broker_url: str, pg_url: str, data_dir: Path, **settings: Any) -> ConveyorApp:
+    """An in-process app (producer side) on that broker and ledger, with the test jobs;
+    ``settings`` as ``load_settings`` takes them. Dispose its ledger and close it after."""
+    return create_app(
+        load_settings(
+            broker_url=broker_url,
+            database_url=pg_url,
+            data_dir=data_dir / "var",
+            task_modules=[TEST_JOBS],
+            **settings,
+        )
+    )
+
+
 @pytest.fixture
 def app(broker_url: str, pg_url: str, tmp_path: Path) -> Iterator[ConveyorApp]:
     """An in-process app (producer side) on the same broker and ledger as `env`."""
-    settings = load_settings(
-        broker_url=broker_url,
-        database_url=pg_url,
-        data_dir=tmp_path / "var",
-        task_modules=[TEST_JOBS],
-    )
-    built = create_app(settings)
+    built = producer_app(broker_url, pg_url, tmp_path)
     yield built
     built.ledger.dispose()
     built.close()
+
+
+@pytest.fixture(scope="module")
+def own_ledger_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A ledger database of the test module's own: its queued rows (paused queues, jobs
+    held back on purpose) reach no other module's relay."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    url = create_ledger(f"conveyor_{module[:20]}")
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def own_queues(broker_url: str, own_ledger_url: str) -> Iterator[list[str]]:
+    """Two queue names of this test's own, deleted with their jobs afterwards."""
+    names = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    yield names
+    delete_queues(broker_url, names, pg_url=own_ledger_url)
+
+
+@pytest.fixture
+def producer(broker_url: str, own_ledger_url: str, tmp_path: Path) -> Iterator[ConveyorApp]:
+    """An in-process app on the test's broker and the module's own ledger."""
+    built = producer_app(broker_url, own_ledger_url, tmp_path)
+    yield built
+    built.ledger.dispose()
+    built.close()
+
+
+def counter_value(app: ConveyorApp, name: str) -> int:
+    """The value of `tests.jobs`'s counter ``name`` (what `test.count` jobs add to)."""
+    with app.ledger.session() as session:
+        value = session.scalar(
+            select(test_jobs.counters.c.value).where(test_jobs.counters.c.name == name)
+        )
+    return int(value or 0)
+
+
+def new_counter(app: ConveyorApp) -> str:
+    """A counter at 0 for `test.count` jobs; returns its name."""
+    name = f"counter-{uuid.uuid4().hex[:10]}"
+    with app.ledger.transaction() as session:
+        session.execute(insert(test_jobs.counters).values(name=name, value=0))
+    return name
+
+
+def effects_per_job(app: ConveyorApp, ids: list[str]) -> dict[str, int]:
+    """How many effects each of the `test.count` jobs ``ids`` recorded (absent: none)."""
+    effects = test_jobs.effects
+    with app.ledger.session() as session:
+        found = session.execute(
+            select(effects.c.job_id, func.count())
+            .where(effects.c.job_id.in_(ids))
+            .group_by(effects.c.job_id)
+        ).all()
+    return {job_id: count for job_id, count in found}
 
 
 def run_cli(

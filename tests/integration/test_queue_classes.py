@@ -11,57 +11,24 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from conveyor.config import load_settings
-from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.app import ConveyorApp
 from conveyor.worker.client import JobRequest, enqueue, enqueue_many
 from conveyor.worker.models import JobState
 from tests.conftest import (
     MANAGEMENT_API_URL,
-    TEST_JOBS,
     Processes,
     conveyor_env,
-    create_ledger,
-    delete_queues,
-    drop_database,
+    producer_app,
     state_of,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ledger_url() -> Iterator[str]:
-    url = create_ledger("conveyor_classes")
-    yield url
-    drop_database(url)
-
-
-@pytest.fixture
-def names(broker_url: str, ledger_url: str) -> Iterator[list[str]]:
-    """Two queue names of this test's own, deleted (with their jobs) afterwards."""
-    made = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-    yield made
-    delete_queues(broker_url, made, pg_url=ledger_url)
-
-
-def producer_for(broker_url: str, ledger_url: str, tmp_path: Path, **settings: Any) -> ConveyorApp:
-    return create_app(
-        load_settings(
-            broker_url=broker_url,
-            database_url=ledger_url,
-            data_dir=tmp_path / "var",
-            task_modules=[TEST_JOBS],
-            **settings,
-        )
-    )
 
 
 def start(processes: Processes, env: dict[str, str], *args: str) -> str:
@@ -78,12 +45,16 @@ def started_at(app: ConveyorApp, job_id: str) -> float:
 
 
 def test_jobs_start_in_priority_order_on_both_brokers(
-    broker_url: str, ledger_url: str, tmp_path: Path, processes: Processes, names: list[str]
+    broker_url: str,
+    own_ledger_url: str,
+    tmp_path: Path,
+    processes: Processes,
+    own_queues: list[str],
 ) -> None:
-    queue = names[0]
+    queue = own_queues[0]
     declared = json.dumps({queue: {"priority": True, "prefetch": 1}})
-    env = conveyor_env(broker_url, ledger_url, tmp_path, queues=declared)
-    app = producer_for(broker_url, ledger_url, tmp_path, queues=json.loads(declared))
+    env = conveyor_env(broker_url, own_ledger_url, tmp_path, queues=declared)
+    app = producer_app(broker_url, own_ledger_url, tmp_path, queues=json.loads(declared))
     try:
         node = start(processes, env, "-Q", queue, "-c", "1")
         wait_for(lambda: app.control.ping([node], timeout=1), timeout_s=60)
@@ -109,12 +80,16 @@ def test_jobs_start_in_priority_order_on_both_brokers(
 
 
 def test_each_queue_class_gets_its_prefetch(
-    broker_url: str, ledger_url: str, tmp_path: Path, processes: Processes, names: list[str]
+    broker_url: str,
+    own_ledger_url: str,
+    tmp_path: Path,
+    processes: Processes,
+    own_queues: list[str],
 ) -> None:
-    short, long = names
+    short, long = own_queues
     declared = json.dumps({short: {"prefetch": 4}, long: {"prefetch": 1}})
-    env = conveyor_env(broker_url, ledger_url, tmp_path, queues=declared)
-    app = producer_for(broker_url, ledger_url, tmp_path, queues=json.loads(declared))
+    env = conveyor_env(broker_url, own_ledger_url, tmp_path, queues=declared)
+    app = producer_app(broker_url, own_ledger_url, tmp_path, queues=json.loads(declared))
     try:
         nodes = {
             "short": start(processes, env, "-Q", short, "-c", "2"),
@@ -136,15 +111,19 @@ def test_each_queue_class_gets_its_prefetch(
 
 
 def test_a_flood_of_slow_jobs_on_one_queue_class_does_not_hold_up_the_other(
-    broker_url: str, ledger_url: str, tmp_path: Path, processes: Processes, names: list[str]
+    broker_url: str,
+    own_ledger_url: str,
+    tmp_path: Path,
+    processes: Processes,
+    own_queues: list[str],
 ) -> None:
     """Enqueue-to-start latency of fast jobs, as a ratio to the same jobs on idle workers:
     with a worker per queue class a flood of slow jobs leaves it near 1; with one worker
     for both (the control, which must show the problem) the fast jobs wait behind them."""
-    fast, slow = names
+    fast, slow = own_queues
     declared = json.dumps({fast: {"prefetch": 4}, slow: {"prefetch": 1}})
-    env = conveyor_env(broker_url, ledger_url, tmp_path, queues=declared)
-    app = producer_for(broker_url, ledger_url, tmp_path, queues=json.loads(declared))
+    env = conveyor_env(broker_url, own_ledger_url, tmp_path, queues=declared)
+    app = producer_app(broker_url, own_ledger_url, tmp_path, queues=json.loads(declared))
 
     def fast_latency_s() -> float:
         waits = []
@@ -204,12 +183,12 @@ def test_a_flood_of_slow_jobs_on_one_queue_class_does_not_hold_up_the_other(
 
 
 def test_declared_queues_take_their_type_and_priority_on_rabbitmq(
-    vhost_url: str, ledger_url: str, tmp_path: Path, processes: Processes
+    vhost_url: str, own_ledger_url: str, tmp_path: Path, processes: Processes
 ) -> None:
     quorum, prioritized = "jobs-quorum", "jobs-priority"
     declared = json.dumps({quorum: {"type": "quorum"}, prioritized: {"priority": True}})
-    env = conveyor_env(vhost_url, ledger_url, tmp_path, queues=declared)
-    app = producer_for(vhost_url, ledger_url, tmp_path, queues=json.loads(declared))
+    env = conveyor_env(vhost_url, own_ledger_url, tmp_path, queues=declared)
+    app = producer_app(vhost_url, own_ledger_url, tmp_path, queues=json.loads(declared))
     try:
         node = start(processes, env, "-Q", f"{quorum},{prioritized}", "-c", "1")
         wait_for(lambda: app.control.ping([node], timeout=1), timeout_s=60)

@@ -11,27 +11,22 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
 
-from conveyor.config import load_settings
-from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.app import ConveyorApp
 from conveyor.worker.client import enqueue
 from conveyor.worker.errors import UsageError
 from conveyor.worker.models import JobState
 from conveyor.worker.operations.scale import apply, fleet, plan
-from tests import jobs as test_jobs
 from tests.conftest import (
-    TEST_JOBS,
     Processes,
     conveyor_env,
-    create_ledger,
-    delete_queues,
-    drop_database,
+    counter_value,
+    effects_per_job,
+    new_counter,
     run_cli,
     state_of,
     wait_for,
@@ -40,39 +35,9 @@ from tests.conftest import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ledger_url() -> Iterator[str]:
-    """A ledger of this module's own: paused queues hold queued rows no other relay may touch."""
-    url = create_ledger("conveyor_control")
-    yield url
-    drop_database(url)
-
-
 @pytest.fixture
-def control_env(broker_url: str, ledger_url: str, tmp_path: Path) -> dict[str, str]:
-    return conveyor_env(broker_url, ledger_url, tmp_path)
-
-
-@pytest.fixture
-def producer(broker_url: str, ledger_url: str, tmp_path: Path) -> Iterator[ConveyorApp]:
-    settings = load_settings(
-        broker_url=broker_url,
-        database_url=ledger_url,
-        data_dir=tmp_path / "var",
-        task_modules=[TEST_JOBS],
-    )
-    app = create_app(settings)
-    yield app
-    app.ledger.dispose()
-    app.close()
-
-
-@pytest.fixture
-def queues(broker_url: str, ledger_url: str) -> Iterator[list[str]]:
-    """Two queue names of this test's own, deleted (with their jobs) afterwards."""
-    names = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-    yield names
-    delete_queues(broker_url, names, pg_url=ledger_url)
+def control_env(broker_url: str, own_ledger_url: str, tmp_path: Path) -> dict[str, str]:
+    return conveyor_env(broker_url, own_ledger_url, tmp_path)
 
 
 def start(processes: Processes, env: dict[str, str], *args: str) -> str:
@@ -97,25 +62,6 @@ def pool_size(app: ConveyorApp, node: str) -> int | None:
     return len(stats[node]["pool"]["processes"])
 
 
-def counter(app: ConveyorApp, name: str) -> int:
-    with app.ledger.session() as session:
-        value = session.scalar(
-            select(test_jobs.counters.c.value).where(test_jobs.counters.c.name == name)
-        )
-    return int(value or 0)
-
-
-def effects_per_job(app: ConveyorApp, ids: list[str]) -> dict[str, int]:
-    effects = test_jobs.effects
-    with app.ledger.session() as session:
-        rows = session.execute(
-            select(effects.c.job_id, func.count())
-            .where(effects.c.job_id.in_(ids))
-            .group_by(effects.c.job_id)
-        ).all()
-    return {job_id: count for job_id, count in rows}
-
-
 def cli_json(*args: str, env: dict[str, str]) -> Any:
     result = run_cli(*args, "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -126,9 +72,9 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
     control_env: dict[str, str],
     producer: ConveyorApp,
     processes: Processes,
-    queues: list[str],
+    own_queues: list[str],
 ) -> None:
-    paused, other = queues
+    paused, other = own_queues
     first = start(processes, control_env, "-Q", f"{paused},{other}", "-c", "2")
     wait_for(lambda: consumed(producer, first) == {paused, other}, timeout_s=60)
 
@@ -143,18 +89,16 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
     second = start(processes, control_env, "-Q", paused, "-c", "2")
     wait_for(lambda: consumed(producer, second) == set(), timeout_s=60)
 
-    name = f"pause-{uuid.uuid4().hex[:8]}"
-    with producer.ledger.transaction() as session:
-        session.execute(insert(test_jobs.counters).values(name=name, value=0))
+    name = new_counter(producer)
     held = [enqueue("test.count", {"counter": name}, queue=paused, app=producer) for _ in range(20)]
-    ran = enqueue("test.count", {"counter": f"{name}-other"}, queue=other, app=producer)
+    ran = enqueue("test.count", {"counter": new_counter(producer)}, queue=other, app=producer)
     # The other queue still runs (proof that the workers are alive and consuming) ...
     wait_for(lambda: state_of(producer, ran) == JobState.SUCCEEDED, timeout_s=60)
     time.sleep(2.0)  # two more polls of the pauses by each worker
     # ... while every job of the paused queue waits, unstarted.
     states = {state_of(producer, job_id) for job_id in held}
     assert states == {JobState.QUEUED}
-    assert counter(producer, name) == 0
+    assert counter_value(producer, name) == 0
     listed = {q["name"]: q for q in cli_json("queues", env=control_env)["queues"]}
     assert listed[paused]["paused"] is True
     assert listed[paused]["depth"] == 20
@@ -168,7 +112,7 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
         timeout_s=120,
     )
     # Each ran exactly once: one effect per job, the counter at 20, one attempt each.
-    assert counter(producer, name) == 20
+    assert counter_value(producer, name) == 20
     assert effects_per_job(producer, held) == dict.fromkeys(held, 1)
     assert {getattr(producer.ledger.get(j), "attempts", None) for j in held} == {1}
     # Both consume it again (each within a poll of the resume).
@@ -181,9 +125,9 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
 
 
 def test_pause_and_resume_refuse_bad_names_and_say_what_they_did(
-    control_env: dict[str, str], queues: list[str]
+    control_env: dict[str, str], own_queues: list[str]
 ) -> None:
-    name = queues[0]
+    name = own_queues[0]
     assert "was not paused" in run_cli("queues", "resume", name, env=control_env).stdout
     too_long = run_cli("queues", "pause", "q" * 201, env=control_env)
     assert too_long.returncode == 2
@@ -202,9 +146,9 @@ def test_scale_apply_grows_shrinks_and_adds_a_queue_to_a_running_worker(
     control_env: dict[str, str],
     producer: ConveyorApp,
     processes: Processes,
-    queues: list[str],
+    own_queues: list[str],
 ) -> None:
-    queue, extra = queues
+    queue, extra = own_queues
     node = start(processes, control_env, "-Q", queue, "-c", "1")
     wait_for(lambda: pool_size(producer, node) == 1, timeout_s=60)
 
@@ -240,7 +184,10 @@ def test_scale_apply_grows_shrinks_and_adds_a_queue_to_a_running_worker(
     job_id = enqueue("test.sleep", {"s": 0}, queue=extra, app=producer)
     wait_for(lambda: state_of(producer, job_id) == JobState.SUCCEEDED, timeout_s=60)
 
-    apply(producer, plan(producer.settings, fleet(producer), worker=node, cancel_queue=extra))
+    apply(
+        producer,
+        plan(producer.settings, fleet(producer), worker=node, cancel_queue=extra),
+    )
     wait_for(lambda: consumed(producer, node) == {queue}, timeout_s=30)
 
 
@@ -249,9 +196,9 @@ def test_scale_apply_refuses_what_a_worker_cannot_do(
     control_env: dict[str, str],
     producer: ConveyorApp,
     processes: Processes,
-    queues: list[str],
+    own_queues: list[str],
 ) -> None:
-    queue = queues[0]
+    queue = own_queues[0]
     solo = start(processes, control_env, "-Q", queue, "--pool", "solo")
     prefork = start(processes, control_env, "-Q", queue, "-c", "1")
     wait_for(lambda: pool_size(producer, prefork) == 1, timeout_s=60)

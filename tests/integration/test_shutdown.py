@@ -12,26 +12,22 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import select
 
-from conveyor.config import load_settings
-from conveyor.worker.app import ConveyorApp, create_app
+from conveyor.worker.app import ConveyorApp
 from conveyor.worker.client import JobRequest, enqueue, enqueue_many
 from conveyor.worker.models import Job, JobState
-from tests import jobs as test_jobs
 from tests.conftest import (
     ROOT,
-    TEST_JOBS,
     Processes,
     conveyor_env,
-    create_ledger,
-    delete_queues,
-    drop_database,
+    counter_value,
+    effects_per_job,
+    new_counter,
     wait_for,
 )
 
@@ -41,56 +37,14 @@ JOBS = 200
 RECEIVED = re.compile(r"Task [\w.]+\[([0-9a-f-]{36})\] received")
 
 
-@pytest.fixture(scope="module")
-def ledger_url() -> Iterator[str]:
-    url = create_ledger("conveyor_shutdown")
-    yield url
-    drop_database(url)
-
-
 @pytest.fixture
-def queue(broker_url: str, ledger_url: str) -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queues(broker_url, [name], pg_url=ledger_url)
-
-
-@pytest.fixture
-def producer(broker_url: str, ledger_url: str, tmp_path: Path) -> Iterator[ConveyorApp]:
-    settings = load_settings(
-        broker_url=broker_url,
-        database_url=ledger_url,
-        data_dir=tmp_path / "var",
-        task_modules=[TEST_JOBS],
-    )
-    app = create_app(settings)
-    yield app
-    app.ledger.dispose()
-    app.close()
+def queue(own_queues: list[str]) -> str:
+    return own_queues[0]
 
 
 def rows(app: ConveyorApp, queue: str) -> list[Job]:
     with app.ledger.session() as session:
         return list(session.scalars(select(Job).where(Job.queue == queue)))
-
-
-def effects_per_job(app: ConveyorApp, ids: list[str]) -> dict[str, int]:
-    effects = test_jobs.effects
-    with app.ledger.session() as session:
-        found = session.execute(
-            select(effects.c.job_id, func.count())
-            .where(effects.c.job_id.in_(ids))
-            .group_by(effects.c.job_id)
-        ).all()
-    return {job_id: count for job_id, count in found}
-
-
-def counter(app: ConveyorApp, name: str) -> int:
-    with app.ledger.session() as session:
-        value = session.scalar(
-            select(test_jobs.counters.c.value).where(test_jobs.counters.c.name == name)
-        )
-    return int(value or 0)
 
 
 def pings(app: ConveyorApp, node: str) -> bool:
@@ -99,7 +53,7 @@ def pings(app: ConveyorApp, node: str) -> bool:
 
 def test_sigterm_finishes_what_runs_and_hands_back_the_rest_at_once(
     broker_url: str,
-    ledger_url: str,
+    own_ledger_url: str,
     producer: ConveyorApp,
     processes: Processes,
     queue: str,
@@ -107,15 +61,13 @@ def test_sigterm_finishes_what_runs_and_hands_back_the_rest_at_once(
     request: pytest.FixtureRequest,
 ) -> None:
     # Prefetch 4 per process: each worker holds up to 8 messages it has not started.
-    env = conveyor_env(broker_url, ledger_url, tmp_path, prefetch_multiplier="4")
+    env = conveyor_env(broker_url, own_ledger_url, tmp_path, prefetch_multiplier="4")
     leaving, staying = (f"{role}-{uuid.uuid4().hex[:6]}@shutdown" for role in ("a", "b"))
     worker = processes.start(env, "worker", "-Q", queue, "-c", "2", "-n", leaving)
     processes.start(env, "worker", "-Q", queue, "-c", "2", "-n", staying)
     wait_for(lambda: pings(producer, leaving) and pings(producer, staying), timeout_s=60)
 
-    name = f"shutdown-{uuid.uuid4().hex[:8]}"
-    with producer.ledger.transaction() as session:
-        session.execute(insert(test_jobs.counters).values(name=name, value=0))
+    name = new_counter(producer)
     payload = {"counter": name, "sleep_ms": 100}
     made = enqueue_many([JobRequest("test.count", payload, queue=queue)] * JOBS, app=producer)
     ids = [item.id for item in made if item.id is not None and item.error is None]
@@ -133,7 +85,7 @@ def test_sigterm_finishes_what_runs_and_hands_back_the_rest_at_once(
 
     finished = rows(producer, queue)
     # Every job exactly once: one effect each, the counter at JOBS, one attempt each.
-    assert counter(producer, name) == JOBS
+    assert counter_value(producer, name) == JOBS
     assert effects_per_job(producer, ids) == dict.fromkeys(ids, 1)
     assert {row.attempts for row in finished} == {1}
     # The messages the leaving worker received but never started ran on the other one, and
@@ -170,7 +122,7 @@ def test_sigterm_finishes_what_runs_and_hands_back_the_rest_at_once(
 )
 def test_past_the_timeout_or_at_a_second_sigterm_the_worker_stops_hard_and_the_job_still_ends_once(
     broker_url: str,
-    ledger_url: str,
+    own_ledger_url: str,
     producer: ConveyorApp,
     processes: Processes,
     queue: str,
@@ -178,7 +130,7 @@ def test_past_the_timeout_or_at_a_second_sigterm_the_worker_stops_hard_and_the_j
     how: str,
 ) -> None:
     timeout_s = "3" if how == "timeout" else "600"
-    env = conveyor_env(broker_url, ledger_url, tmp_path, shutdown_timeout_s=timeout_s)
+    env = conveyor_env(broker_url, own_ledger_url, tmp_path, shutdown_timeout_s=timeout_s)
     leaving = f"a-{uuid.uuid4().hex[:6]}@shutdown"
     worker = processes.start(env, "worker", "-Q", queue, "-c", "1", "-n", leaving)
     wait_for(lambda: pings(producer, leaving), timeout_s=60)
