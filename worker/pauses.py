@@ -52,7 +52,11 @@ class Pauses:
         self._failing = False
 
     def start(self) -> None:
+        """Poll on a thread (one at most: a consumer that restarts after a lost connection
+        starts this again, maybe before the old thread has seen the stop)."""
         self._stop.clear()
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._thread = threading.Thread(target=self._run, name="conveyor-pauses", daemon=True)
         self._thread.start()
 
