@@ -282,10 +282,13 @@ def own_ledger_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def own_queues(broker_url: str, own_ledger_url: str) -> Iterator[list[str]]:
-    """Two queue names of this test's own, deleted with their jobs afterwards."""
+def own_queues(broker_url: str, own_ledger_url: str, processes: Processes) -> Iterator[list[str]]:
+    """Two queue names of this test's own, deleted with their jobs afterwards, once the
+    test's workers have stopped (a worker whose queue is deleted under it declares it
+    again as it reconnects its consumer)."""
     names = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(2)]
     yield names
+    processes.stop_all()
     delete_queues(broker_url, names, pg_url=own_ledger_url)
 
 
