@@ -88,6 +88,31 @@ def test_usage_errors_exit_2_with_click_usage(clean_env: dict[str, str]) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("settings", "args", "needle"),
+    [
+        ({}, ("--autoscale", "4,1", "--pool", "solo"), "the solo pool cannot autoscale"),
+        ({}, ("--autoscale", "1,4"), "needs 1 <= MIN <= MAX <= 256"),
+        ({}, ("--autoscale", "many"), "expected MAX,MIN"),
+        (
+            {
+                "CONVEYOR_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
+                "CONVEYOR_QUEUES": '{"ledger": {"type": "quorum"}}',
+            },
+            ("-Q", "ledger,default", "--autoscale", "4,1"),
+            "workers on quorum queues (ledger) cannot autoscale",
+        ),
+    ],
+)
+def test_a_worker_refuses_autoscale_where_celery_cannot_do_it(
+    clean_env: dict[str, str], settings: dict[str, str], args: tuple[str, ...], needle: str
+) -> None:
+    result = run_cli("worker", *args, env={**clean_env, **settings})
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_unreachable_database_is_one_line(clean_env: dict[str, str]) -> None:
     env = {**clean_env, "CONVEYOR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
     result = run_cli("jobs", "list", env=env)

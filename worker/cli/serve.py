@@ -73,7 +73,8 @@ def worker(
     /healthz (consuming?) and /readyz.
     """
     settings = state.settings
-    bounds = checked_autoscale(autoscale, pool=pool, settings=settings)
+    consumed = consumed_queues(queues, settings.default_queue)
+    bounds = checked_autoscale(autoscale, pool=pool, settings=settings, queues=consumed)
     level = loglevel or settings.log_level
     configure_logging(level, settings.log_format)
     port = metrics_port if metrics_port is not None else settings.metrics_port
@@ -94,7 +95,6 @@ def worker(
             live=lambda: WORKER_LIVENESS.live,
             extra=ConsumingCollector(nodename, WORKER_LIVENESS),
         )
-    consumed = consumed_queues(queues, settings.default_queue)
     app.conf.update(worker_options(settings, consumed))  # prefetch of its queue class
     argv = worker_argv(
         queues=",".join(consumed),
@@ -131,9 +131,11 @@ def run_celery(app: Any, argv: list[str]) -> int:
     return status if isinstance(status, int) else 0
 
 
-def checked_autoscale(option: str | None, *, pool: str, settings: Any) -> tuple[int, int] | None:
+def checked_autoscale(
+    option: str | None, *, pool: str, settings: Any, queues: list[str]
+) -> tuple[int, int] | None:
     """``--autoscale MAX,MIN`` as numbers; refused where Celery cannot autoscale (a pool
-    other than prefork, quorum queues on RabbitMQ)."""
+    other than prefork, a quorum queue among ``queues`` on RabbitMQ)."""
     if option is None:
         return None
     from conveyor.config.settings import BrokerKind, QueueType
@@ -141,9 +143,11 @@ def checked_autoscale(option: str | None, *, pool: str, settings: Any) -> tuple[
     bounds = autoscale_bounds(option)
     if pool != "prefork":
         raise click.BadParameter(f"the {pool} pool cannot autoscale", param_hint="--autoscale")
-    if settings.broker_kind is BrokerKind.RABBITMQ and settings.queue_type is QueueType.QUORUM:
+    quorum = [q for q in queues if settings.queue_type_of(q) is QueueType.QUORUM]
+    if settings.broker_kind is BrokerKind.RABBITMQ and quorum:
         raise click.BadParameter(
-            "workers on quorum queues cannot autoscale (Celery does not support it)",
+            f"workers on quorum queues ({', '.join(quorum)}) cannot autoscale "
+            "(Celery does not support it)",
             param_hint="--autoscale",
         )
     return bounds

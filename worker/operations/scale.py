@@ -264,8 +264,12 @@ def _resize(target: WorkerView, by: int) -> Change:
 def _autoscale_change(settings: Settings, target: WorkerView, bounds: tuple[int, int]) -> Change:
     worker = target.name
     high, low = bounds
-    if settings.broker_kind is BrokerKind.RABBITMQ and settings.queue_type is QueueType.QUORUM:
-        raise UsageError("workers on quorum queues cannot autoscale (Celery does not support it)")
+    quorum = [q for q in target.queues if settings.queue_type_of(q) is QueueType.QUORUM]
+    if settings.broker_kind is BrokerKind.RABBITMQ and quorum:
+        raise UsageError(
+            f"{worker} consumes quorum queues ({', '.join(quorum)}), and workers on quorum "
+            "queues cannot autoscale (Celery does not support it)"
+        )
     if target.autoscale is None:
         raise UsageError(
             f"{worker} was not started with --autoscale: restart it with "
