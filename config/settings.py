@@ -229,6 +229,13 @@ class Settings(BaseSettings):
     def queue_type_of(self, name: str) -> QueueType:
         return self.queue(name).type or self.queue_type
 
+    def quorum_queues(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that are quorum queues on RabbitMQ (none on other brokers):
+        a worker consuming any of them cannot autoscale."""
+        if self.broker_kind is not BrokerKind.RABBITMQ:
+            return []
+        return [name for name in names if self.queue_type_of(name) is QueueType.QUORUM]
+
     @model_validator(mode="after")
     def _check_queue_types(self) -> Self:
         for name, spec in self.queues.items():

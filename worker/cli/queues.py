@@ -57,15 +57,11 @@ def queues(ctx: click.Context, state: State, as_json: bool) -> None:
 def unconsumed_on_broker(state: State, queues: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Broker queues holding messages no worker consumes (:mod:`worker.operations.broker`),
     or None, said on stderr, when the broker cannot be asked."""
-    from kombu.exceptions import OperationalError
+    from conveyor.worker.operations.broker import unconsumed_of
 
-    from conveyor.worker.operations.broker import unconsumed
-
-    paused = [queue["name"] for queue in queues if queue["paused"]]
-    try:
-        found = unconsumed(state.app, [queue["name"] for queue in queues], paused=paused)
-    except (OperationalError, OSError) as exc:
-        click.echo(f"conveyor: warning: the broker was not checked: {exc}", err=True)
+    found = unconsumed_of(state.app, queues)
+    if found is None:
+        click.echo("conveyor: warning: the broker could not be asked for its queues", err=True)
         return None
     return [{"name": queue.name, "messages": queue.messages} for queue in found]
 

@@ -138,13 +138,11 @@ def checked_autoscale(
     other than prefork, a quorum queue among ``queues`` on RabbitMQ)."""
     if option is None:
         return None
-    from conveyor.config.settings import BrokerKind, QueueType
-
     bounds = autoscale_bounds(option)
     if pool != "prefork":
         raise click.BadParameter(f"the {pool} pool cannot autoscale", param_hint="--autoscale")
-    quorum = [q for q in queues if settings.queue_type_of(q) is QueueType.QUORUM]
-    if settings.broker_kind is BrokerKind.RABBITMQ and quorum:
+    quorum = settings.quorum_queues(queues)
+    if quorum:
         raise click.BadParameter(
             f"workers on quorum queues ({', '.join(quorum)}) cannot autoscale "
             "(Celery does not support it)",

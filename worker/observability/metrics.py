@@ -17,7 +17,6 @@ alert rules in ``ops/`` use them, and ``docs/observability.md`` lists them.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -34,8 +33,6 @@ from conveyor.worker.outcomes import Event
 if TYPE_CHECKING:
     from conveyor.worker.ledger import Ledger
     from conveyor.worker.outcomes import JobEvent
-
-log = logging.getLogger("conveyor.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -121,9 +118,7 @@ def registry_for_scrape(ledger: Ledger | None = None, *, broker: Any = None) -> 
     else:
         registry.register(_Forward(REGISTRY))
     if ledger is not None:
-        registry.register(LedgerCollector(ledger))
-    if broker is not None:
-        registry.register(BrokerCollector(broker))
+        registry.register(LedgerCollector(ledger, broker=broker))
     return registry
 
 
@@ -140,12 +135,16 @@ class _Forward(Collector):
 class LedgerCollector(Collector):
     """Queue depth by state, oldest queued job's age, pauses and relay lag, read at scrape time.
 
-    One grouped query (:func:`worker.operations.stats.queue_stats`) per scrape. Several processes
-    (relays, API replicas) may serve the same figures: aggregate them with ``max``.
+    One grouped query (:func:`worker.operations.stats.queue_stats`) per scrape; with
+    ``broker`` (the relay) the same queue list also gives the unconsumed broker queues.
+    Several processes (relays, API replicas) may serve the same figures: aggregate them
+    with ``max``.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, broker: Any = None) -> None:
         self.ledger = ledger
+        self.broker = broker
+        """The app whose broker to ask for unconsumed queues (the relay), or None."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from conveyor.worker.operations.stats import queue_stats
@@ -180,43 +179,25 @@ class LedgerCollector(Collector):
         yield jobs
         yield age
         yield paused
+        if self.broker is not None:
+            yield self._unconsumed(stats["queues"])
         yield GaugeMetricFamily(
             "conveyor_outbox_lag_seconds",
             "Age of the oldest scheduled or outbox job already due but not yet published.",
             value=stats["relay_lag_s"],
         )
 
-
-class BrokerCollector(Collector):
-    """``conveyor_broker_queue_unconsumed_messages{queue}``: messages waiting on a broker
-    queue that no worker consumes (:mod:`worker.operations.broker`), read at scrape time.
-    Served by the relay; a broker that cannot be asked yields no sample, and the
-    ``ConveyorMetricsTargetDown``/readiness checks report the outage itself."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from kombu.exceptions import OperationalError
-
-        from conveyor.worker.operations.broker import unconsumed
-        from conveyor.worker.operations.stats import queue_stats
+    def _unconsumed(self, queues: list[dict[str, Any]]) -> GaugeMetricFamily:
+        """``conveyor_broker_queue_unconsumed_messages{queue}`` from the same queue list
+        (:mod:`worker.operations.broker`); no sample when the broker cannot be asked (the
+        scrape still answers; readiness reports the outage)."""
+        from conveyor.worker.operations.broker import unconsumed_of
 
         gauge = GaugeMetricFamily(
             "conveyor_broker_queue_unconsumed_messages",
             "Messages waiting on a broker queue no worker consumes (paused queues excepted).",
             labels=["queue"],
         )
-        queues = queue_stats(self.app.ledger)["queues"]
-        paused = [queue["name"] for queue in queues if queue["paused"]]
-        with self.app.connection_for_read() as connection:
-            errors = (*connection.connection_errors, *connection.channel_errors)
-        try:
-            found = unconsumed(self.app, [queue["name"] for queue in queues], paused=paused)
-        except (*errors, OperationalError, OSError):
-            # The scrape still answers (the ledger's gauges); readiness reports the outage.
-            log.warning("metrics.broker_queues_failed", exc_info=True)
-            found = []
-        for queue in found:
+        for queue in unconsumed_of(self.broker, queues) or []:
             gauge.add_metric([queue.name], queue.messages)
-        yield gauge
+        return gauge

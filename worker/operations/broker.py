@@ -74,6 +74,22 @@ def unconsumed(app: Any, known: Iterable[str], *, paused: Iterable[str] = ()) ->
     return [queue for queue in waiting if queue.name not in consumed]
 
 
+def unconsumed_of(app: Any, queues: list[dict[str, Any]]) -> list[BrokerQueue] | None:
+    """:func:`unconsumed` for the queues of a :func:`~worker.operations.stats.queue_stats`
+    answer (their names known, the paused ones left out); None, logged, when the broker
+    cannot be asked."""
+    from kombu.exceptions import OperationalError
+
+    with app.connection_for_read() as connection:
+        errors = (*connection.connection_errors, *connection.channel_errors)
+    paused = [queue["name"] for queue in queues if queue["paused"]]
+    try:
+        return unconsumed(app, [queue["name"] for queue in queues], paused=paused)
+    except (*errors, OperationalError, OSError):
+        log.warning("broker.queues_not_checked", exc_info=True)
+        return None
+
+
 def depths(app: Any, names: Iterable[str]) -> list[BrokerQueue]:
     """Each named queue that exists on the broker, with its message and consumer counts."""
     found = []

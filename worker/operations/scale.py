@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from conveyor.config.settings import BrokerKind, QueueType, Settings
+from conveyor.config.settings import Settings
 from conveyor.worker.errors import UsageError
 from conveyor.worker.ledger import Ledger
 from conveyor.worker.models import Job, JobState, utcnow
@@ -264,8 +264,8 @@ def _resize(target: WorkerView, by: int) -> Change:
 def _autoscale_change(settings: Settings, target: WorkerView, bounds: tuple[int, int]) -> Change:
     worker = target.name
     high, low = bounds
-    quorum = [q for q in target.queues if settings.queue_type_of(q) is QueueType.QUORUM]
-    if settings.broker_kind is BrokerKind.RABBITMQ and quorum:
+    quorum = settings.quorum_queues(target.queues)
+    if quorum:
         raise UsageError(
             f"{worker} consumes quorum queues ({', '.join(quorum)}), and workers on quorum "
             "queues cannot autoscale (Celery does not support it)"
