@@ -32,9 +32,9 @@ CI_JOBS = 100
 full tier runs 2,000."""
 FAULTY = {"worker-kill", "worker-term", "broker-restart", "db-outage", "network"}
 EVERY_RUN = [
-    pytest.param(scenario, broker, id=f"{scenario}-{broker}")
-    for scenario in sorted(SCENARIOS)
-    for broker in ("redis", "rabbitmq")
+    pytest.param(name, broker, id=f"{name}-{broker}")
+    for name in sorted(SCENARIOS)
+    for broker in SCENARIOS[name].brokers
 ]
 
 

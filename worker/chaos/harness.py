@@ -26,7 +26,7 @@ from conveyor.worker.chaos.effects import metadata as chaos_metadata
 from conveyor.worker.chaos.invariants import Report, check
 from conveyor.worker.chaos.plan import CHAOS_TASK, JobPlan, plan_jobs
 from conveyor.worker.chaos.proxy import FaultProxy
-from conveyor.worker.chaos.scenarios import SCENARIOS, Faults
+from conveyor.worker.chaos.scenarios import SCENARIOS, Faults, Request, Services
 from conveyor.worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
 from conveyor.worker.chaos.stack import Stack
 from conveyor.worker.client import enqueue
@@ -101,6 +101,34 @@ def terminal_count(app: ConveyorApp, ids: list[str]) -> int:
         )
 
 
+def standard_services(request: Request, cleanup: ExitStack) -> Services:
+    """The shared broker and a scratch database, or instances of the run's own where the
+    scenario breaks one (``own_broker``, ``own_database``)."""
+    scenario, workdir = request.scenario, request.workdir
+    instance: RedisInstance | RabbitInstance | None = None
+    if scenario.own_broker:
+        instance = (RedisInstance if request.broker == "redis" else RabbitInstance)(
+            workdir / "broker"
+        )
+        instance.start()
+        cleanup.callback(instance.stop)
+        broker_url = instance.url
+    else:
+        broker_url = request.redis_url if request.broker == "redis" else request.amqp_url
+    database: PostgresInstance | None = None
+    if scenario.own_database:
+        database = PostgresInstance(workdir / "pg")
+        database.init()
+        database.start()
+        cleanup.callback(database.stop)
+        db_url = database.url
+    else:
+        db_url = cleanup.enter_context(
+            scratch_database(request.pg_url, f"conveyor_chaos_{uuid.uuid4().hex[:10]}")
+        )
+    return Services(broker_url, db_url, broker=instance, database=database)
+
+
 def run(
     scenario_name: str,
     *,
@@ -120,34 +148,22 @@ def run(
     bound_s = timeout_s or 120 + jobs * 0.1
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     workdir.chmod(0o755)  # the run's own PostgreSQL and RabbitMQ run as their own users
+    if broker not in scenario.brokers:
+        raise ValueError(
+            f"scenario {scenario_name!r} runs on {' and '.join(scenario.brokers)}, not {broker}"
+        )
     report = Report(scenario=scenario_name, broker=broker, seed=seed, jobs=jobs, faults={})
     started = time.monotonic()
     with ExitStack() as cleanup:
-        instance: RedisInstance | RabbitInstance | None = None
-        if scenario.own_broker:
-            instance = (RedisInstance if broker == "redis" else RabbitInstance)(workdir / "broker")
-            instance.start()
-            cleanup.callback(instance.stop)
-            broker_url = instance.url
-        else:
-            broker_url = redis_url if broker == "redis" else amqp_url
-        database: PostgresInstance | None = None
-        if scenario.own_database:
-            database = PostgresInstance(workdir / "pg")
-            database.init()
-            database.start()
-            cleanup.callback(database.stop)
-            db_url = database.url
-        else:
-            db_url = cleanup.enter_context(
-                scratch_database(pg_url, f"conveyor_chaos_{uuid.uuid4().hex[:10]}")
-            )
-        progress(f"run {run_id}: broker {urlsplit(broker_url).port}, workdir {workdir}")
+        topology = (scenario.services or standard_services)(
+            Request(scenario, broker, workdir, pg_url, redis_url, amqp_url), cleanup
+        )
+        broker_url, db_url = topology.broker_url, topology.db_url
+        progress(f"run {run_id}: broker {topology.describe()}, workdir {workdir}")
         upgrade(driver_url(db_url))
         engine = make_engine(driver_url(db_url))
         chaos_metadata.create_all(engine)
         engine.dispose()
-
         worker_broker_url, proxy = broker_url, None
         if scenario.proxy:
             target = urlsplit(broker_url)
@@ -161,6 +177,7 @@ def run(
             database_url=db_url,
             task_modules=CHAOS_MODULES,
             data_dir=workdir / "var",
+            **topology.settings,
         )
         app = create_app(settings)
         cleanup.callback(app.ledger.dispose)
@@ -178,12 +195,27 @@ def run(
             "CONVEYOR_DATABASE_URL": db_url,
             "CONVEYOR_TASK_MODULES": ",".join(CHAOS_MODULES),
             "CONVEYOR_DATA_DIR": str(workdir / "var"),
+            **topology.env,
         }
-        stack = Stack(workdir, env=env, queue=queue, workers=WORKERS, concurrency=CONCURRENCY)
+        stack = Stack(
+            workdir,
+            env=env,
+            queue=queue,
+            workers=WORKERS,
+            concurrency=CONCURRENCY,
+            relay=scenario.relay,
+            hosts=topology.hosts,
+        )
         stack.start()
         stop = threading.Event()
         faults = Faults(
-            stack, random.Random(seed), stop, broker=instance, database=database, proxy=proxy
+            stack,
+            random.Random(seed),
+            stop,
+            broker=topology.broker,
+            database=topology.database,
+            proxy=proxy,
+            hosts=topology.hosts,
         )
         injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)
         injector.start()
@@ -203,6 +235,7 @@ def run(
             time.sleep(0.5)
         leftover = stack.stop()
         report.faults = dict(faults.counts)
+        report.figures = dict(faults.figures)
         report.elapsed_s = round(time.monotonic() - started, 1)
         check(app.ledger, report, run_id=run_id, plans=plans, poison=poison, leftover_pids=leftover)
     if report.ok:

@@ -36,6 +36,8 @@ class Report:
     p50_s: float | None = None
     p95_s: float | None = None
     elapsed_s: float = 0.0
+    figures: dict[str, float] = field(default_factory=dict)
+    """What the scenario measured of its faults (recovery seconds, messages lost...)."""
     violations: list[str] = field(default_factory=list)
 
     @property

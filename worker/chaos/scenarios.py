@@ -12,12 +12,61 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from conveyor.worker.chaos.plan import Mix
 from conveyor.worker.chaos.proxy import FaultProxy
-from conveyor.worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
-from conveyor.worker.chaos.stack import Stack
+from conveyor.worker.chaos.stack import Host, Stack
+
+
+class Restartable(Protocol):
+    """A service of the run's own that an injector may stop and start again."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a scenario's topology is asked to start: the broker kind, the run's folder and
+    the shared services (PostgreSQL admin URL, Redis and RabbitMQ)."""
+
+    scenario: Scenario
+    broker: str
+    workdir: Path
+    pg_url: str
+    redis_url: str
+    amqp_url: str
+
+
+@dataclass
+class Services:
+    """What a topology started for a run: the URLs every process uses, the services the
+    injector may break, and what the workers' environment needs beyond the URLs."""
+
+    broker_url: str
+    db_url: str
+    broker: Restartable | None = None
+    database: Restartable | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the workers and the relay (``CONVEYOR_*`` settings)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The same settings as keyword arguments, for the harness's own app."""
+    hosts: list[Host] = field(default_factory=list)
+    """Worker hosts (network namespaces) the stack spreads its workers over; none: loopback."""
+
+    def describe(self) -> str:
+        first = self.broker_url.split(";", 1)[0]
+        return str(urlsplit(first).port or first)
+
+
+Topology = Callable[[Request, ExitStack], Services]
+"""Starts a run's services, registering their teardown on the ExitStack."""
 
 
 @dataclass
@@ -27,10 +76,13 @@ class Faults:
     stack: Stack
     rng: random.Random
     stop: threading.Event
-    broker: RedisInstance | RabbitInstance | None = None
-    database: PostgresInstance | None = None
+    broker: Restartable | None = None
+    database: Restartable | None = None
     proxy: FaultProxy | None = None
+    hosts: list[Host] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    figures: dict[str, float] = field(default_factory=dict)
+    """What the injector measured (recovery seconds, messages the broker lost...)."""
 
     def pause(self, low_s: float, high_s: float) -> bool:
         """Wait a seeded while (the first time, under a second); False once the run is over."""
@@ -119,6 +171,11 @@ class Scenario:
     own_database: bool = False
     proxy: bool = False
     poison_share: float = 0.0
+    services: Topology | None = None
+    """Starts the run's services; None: the shared ones, or own per the two flags above."""
+    brokers: tuple[str, ...] = ("redis", "rabbitmq")
+    relay: bool = True
+    """Run a ``conveyor relay`` beside the workers (False: the workers' own relay only)."""
 
 
 SCENARIOS = {

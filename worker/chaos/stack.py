@@ -8,31 +8,62 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A worker host: a network namespace whose processes reach the broker and the ledger
+    over a veth pair (see :mod:`worker.chaos.hosts`)."""
+
+    name: str
+
+    def command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+
 class Stack:
-    """Real ``conveyor worker`` and ``conveyor relay`` processes on one broker and ledger."""
+    """Real ``conveyor worker`` and ``conveyor relay`` processes on one broker and ledger.
+
+    With ``hosts``, worker *i* runs in host ``i % len(hosts)`` (the relay stays on the
+    machine's own network); without ``relay``, the workers' own relay is the only one.
+    """
 
     def __init__(
-        self, workdir: Path, *, env: dict[str, str], queue: str, workers: int, concurrency: int
+        self,
+        workdir: Path,
+        *,
+        env: dict[str, str],
+        queue: str,
+        workers: int,
+        concurrency: int,
+        relay: bool = True,
+        hosts: list[Host] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.with_relay = relay
+        self.hosts = hosts or []
+        self.host_of: dict[int, Host] = {}
+        """The host each worker (by pid) was started in."""
+        self.relay: subprocess.Popen[bytes] | None = None
         self.env = env
         self.queue = queue
         self.concurrency = concurrency
         self.workers: list[subprocess.Popen[bytes]] = []
         self.started: list[subprocess.Popen[bytes]] = []
         self._wanted = workers
+        self._spawned = 0
         self._lock = threading.Lock()
         self._supervising = threading.Event()
 
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, *args: str, host: Host | None = None) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{args[0]}-{len(self.started)}.log").open("ab")
+        argv = [sys.executable, "-m", "conveyor.worker.cli", *args]
         process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.worker.cli", *args],
+            host.command(argv) if host is not None else argv,
             env=self.env,
             cwd=ROOT,
             stdout=log,
@@ -43,7 +74,8 @@ class Stack:
         return process
 
     def start(self) -> None:
-        self.relay = self._spawn("relay", "--poll", "0.1")
+        if self.with_relay:
+            self.relay = self._spawn("relay", "--poll", "0.1")
         for _ in range(self._wanted):
             self.add_worker()
         self._supervising.set()
@@ -51,9 +83,15 @@ class Stack:
 
     def add_worker(self) -> subprocess.Popen[bytes]:
         with self._lock:
+            host = self.hosts[self._spawned % len(self.hosts)] if self.hosts else None
+            self._spawned += 1
             worker = self._spawn(
-                "worker", "-Q", self.queue, "-c", str(self.concurrency), "--loglevel", "WARNING"
+                *("worker", "-Q", self.queue, "-c", str(self.concurrency)),
+                *("--loglevel", "WARNING"),
+                host=host,
             )
+            if host is not None:
+                self.host_of[worker.pid] = host
             self.workers.append(worker)
             return worker
 
@@ -65,7 +103,7 @@ class Stack:
                 missing = self._wanted - len(self.workers)
             for _ in range(missing):
                 self.add_worker()
-            if self.relay.poll() is not None:
+            if self.relay is not None and self.relay.poll() is not None:
                 self.relay = self._spawn("relay", "--poll", "0.1")
             time.sleep(0.5)
 

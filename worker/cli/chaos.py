@@ -30,7 +30,8 @@ def chaos_list(as_json: bool) -> None:
         emit_json({name: s.description for name, s in SCENARIOS.items()})
         return
     for name, scenario in SCENARIOS.items():
-        click.echo(f"{name:<15} {scenario.description}")
+        only = "" if len(scenario.brokers) > 1 else f" ({scenario.brokers[0]} only)"
+        click.echo(f"{name:<24} {scenario.description}{only}")
 
 
 def report_table(report: Report) -> Table:
@@ -79,6 +80,10 @@ def chaos_run(
     """Run SCENARIO; exit 1 if any invariant did not hold. Replay a failure with --seed."""
     from conveyor.worker.chaos.harness import run
 
+    if broker not in SCENARIOS[scenario].brokers:
+        raise click.UsageError(
+            f"scenario {scenario!r} runs on {' and '.join(SCENARIOS[scenario].brokers)} only"
+        )
     console = Console(stderr=True)
     report = run(
         scenario,
