@@ -28,7 +28,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from conveyor.config.errors import ConfigError
 from conveyor.worker.constants import DEAD_LETTER_SUFFIX
 
-BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite", "sqla+postgresql")
+BROKER_SCHEMES = (
+    "redis",
+    "rediss",
+    "sentinel",
+    "amqp",
+    "amqps",
+    "pyamqp",
+    "sqla+sqlite",
+    "sqla+postgresql",
+)
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 
 
@@ -110,6 +119,12 @@ class Settings(BaseSettings):
         description='Queues with settings of their own, as JSON: {"reports": {"prefetch": 1, '
         '"priority": true, "type": "quorum"}}. Undeclared queues get the defaults.',
     )
+    redis_sentinel_master: str | None = Field(
+        None,
+        min_length=1,
+        description="Redis Sentinel: the monitored primary's name; required with sentinel:// "
+        "broker URLs (sentinel://host:26379;sentinel://host:26380;...).",
+    )
     visibility_timeout_s: int = Field(
         3600, gt=0, description="Redis: seconds before an unacknowledged message is re-delivered."
     )
@@ -123,6 +138,13 @@ class Settings(BaseSettings):
             "Worker, on SIGTERM: seconds the jobs in flight may take to finish before they are "
             "stopped (a second SIGTERM stops them at once); keep it below the supervisor's "
             "grace period (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period)."
+        ),
+    )
+    relay_in_workers: bool = Field(
+        True,
+        description=(
+            "Workers run the relay's duty (lease recovery, due retries, outbox rows), one "
+            "elected leader at a time; false when only `conveyor relay` processes should."
         ),
     )
     prefetch_multiplier: int = Field(1, gt=0, le=64)
@@ -201,7 +223,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            _check_scheme(value.get_secret_value(), BROKER_SCHEMES, need_host=True)
+            # kombu's failover list: several URLs joined by ";" (Sentinel, or RabbitMQ nodes).
+            for url in value.get_secret_value().split(";"):
+                _check_scheme(url.strip(), BROKER_SCHEMES, need_host=True)
         return value
 
     @field_validator("database_url")
@@ -247,6 +271,20 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_sentinel_master(self) -> Self:
+        if self.is_sentinel and not self.redis_sentinel_master:
+            raise ValueError(
+                "CONVEYOR_BROKER_URL uses sentinel://: set CONVEYOR_REDIS_SENTINEL_MASTER "
+                "to the name the Sentinels monitor (their `sentinel monitor NAME ...` line)"
+            )
+        return self
+
+    @property
+    def is_sentinel(self) -> bool:
+        """True when the broker is Redis reached through a list of Sentinels."""
+        return urlsplit(self.broker).scheme == "sentinel"
+
+    @model_validator(mode="after")
     def _check_timeouts(self) -> Self:
         if self.broker_kind is BrokerKind.REDIS and self.visibility_timeout_s <= (
             self.task_time_limit_s
@@ -278,7 +316,7 @@ class Settings(BaseSettings):
     @property
     def broker_kind(self) -> BrokerKind:
         scheme = urlsplit(self.broker).scheme
-        if scheme.startswith("redis"):
+        if scheme.startswith("redis") or scheme == "sentinel":
             return BrokerKind.REDIS
         if scheme.startswith("sqla"):
             return BrokerKind.EMBEDDED

@@ -238,6 +238,10 @@ def conveyor_env(broker_url: str, pg_url: str, data_dir: Path, **settings: str) 
         "CONVEYOR_DATABASE_URL": pg_url,
         "CONVEYOR_DATA_DIR": str(data_dir / "var"),
         "CONVEYOR_TASK_MODULES": TEST_JOBS,
+        # Tests start relays themselves: a worker's own relay would serve every test's
+        # jobs in the shared ledger, on its own broker (tests/integration/test_election.py
+        # tests the workers' relay).
+        "CONVEYOR_RELAY_IN_WORKERS": "false",
         **{f"CONVEYOR_{name.upper()}": value for name, value in settings.items()},
     }
 
@@ -482,6 +486,7 @@ def module_env(
         "CONVEYOR_DATABASE_URL": pg_url,
         "CONVEYOR_DATA_DIR": str(tmp_path_factory.mktemp("shared") / "var"),
         "CONVEYOR_TASK_MODULES": TEST_JOBS,
+        "CONVEYOR_RELAY_IN_WORKERS": "false",  # as in conveyor_env
     }
 
 

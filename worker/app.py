@@ -20,6 +20,7 @@ from conveyor.config.settings import BrokerKind
 from conveyor.worker.deadletter import DeadLetters
 from conveyor.worker.embedded import tune_embedded_transport
 from conveyor.worker.jobs import REGISTRY, JobSpec, import_task_modules
+from conveyor.worker.leader import RelayStep
 from conveyor.worker.ledger import Ledger
 from conveyor.worker.observability.probes import ConsumingStep
 from conveyor.worker.observability.tracing import init_tracing
@@ -68,6 +69,8 @@ def create_app(settings: Settings) -> ConveyorApp:
     app.steps["consumer"].add(ConsumingStep)  # liveness: is the worker still consuming?
     app.steps["consumer"].add(CompactTimers)  # memory: forget cancelled time limits
     app.steps["consumer"].add(PauseStep)  # consume no queue the ledger says is paused
+    if settings.relay_in_workers:
+        app.steps["worker"].add(RelayStep)  # the relay's duty, while this worker leads
     import_task_modules(settings)
     for spec in REGISTRY.values():
         _register(app, spec)

@@ -21,6 +21,13 @@ HEARTBEAT_EVERY_S: Final = 3.0
 RELAY_POLL_S: Final = 0.25
 """How often the relay looks for due retries and expired leases."""
 
+LEADER_LEASE_S: Final = 5.0
+"""How long the relay's leader holds the duty unless it renews it (:mod:`worker.leader`):
+a leader that dies or is cut off is replaced at most this long (plus a renewal) later."""
+
+LEADER_RENEW_S: Final = 1.0
+"""How often the leader renews, and how often the others try to take the duty."""
+
 CELERY_QUEUE: Final = "celery"
 """The queue a Celery producer that names none publishes to (Celery's default queue). A
 worker that consumes Conveyor's default queue consumes this one too."""

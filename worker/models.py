@@ -207,3 +207,17 @@ class QueuePause(Base):
     paused_at: Mapped[datetime] = mapped_column(default=utcnow)
     paused_by: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class Lease(Base):
+    """A duty that one process at a time holds, until ``expires_at`` unless renewed
+    (:mod:`worker.leader`): today the relay's. ``term`` grows by one at every change of
+    holder, so a log line or a metric says which tenure acted."""
+
+    __tablename__ = "conveyor_leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    term: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column()
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)

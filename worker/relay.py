@@ -10,8 +10,10 @@ Each pass it
   queue on the broker is empty lost their message (see
   :meth:`~worker.ledger.Ledger.republish_stranded`); checked every few seconds.
 
-Several relays may run at once: rows are taken with ``SELECT … FOR UPDATE SKIP LOCKED``.
-Run at least one wherever workers run (``conveyor relay``).
+Every worker runs the relay's duty too (``CONVEYOR_RELAY_IN_WORKERS``, on by default), and
+``conveyor relay`` runs it on its own; among all of them one leader acts at a time
+(:mod:`worker.leader`). Rows are taken with ``SELECT … FOR UPDATE SKIP LOCKED`` besides,
+so a relay without a leadership (tests, a one-off pass) is safe beside the leader.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.constants import RELAY_BATCH, RELAY_POLL_S
+from conveyor.worker.leader import Leadership
 from conveyor.worker.models import Job
 from conveyor.worker.observability.probes import Liveness
 from conveyor.worker.operations.broker import depths
@@ -55,7 +58,11 @@ class Pass:
 
 
 class Relay:
-    """Polls the ledger and publishes what is due. Stop it with :meth:`stop` or SIGTERM."""
+    """Polls the ledger and publishes what is due. Stop it with :meth:`stop` or SIGTERM.
+
+    With a ``leadership``, :meth:`run` acts only while this process leads and gives the
+    lease up when it stops.
+    """
 
     def __init__(
         self,
@@ -64,8 +71,10 @@ class Relay:
         poll_s: float = RELAY_POLL_S,
         batch: int = RELAY_BATCH,
         alive_file: Path | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.app = app
+        self.leadership = leadership
         self.poll_s = poll_s
         self.batch = batch
         self.alive_file = alive_file
@@ -105,19 +114,30 @@ class Relay:
     def run(self) -> None:
         """Pass after pass until stopped; a failed pass (ledger or broker down) is retried."""
         log.info("relay.started", extra={"poll_s": self.poll_s, "batch": self.batch})
+        leadership = self.leadership
         while not self._stopping.is_set():
+            if leadership is not None and not leadership.hold():
+                if leadership.reachable:  # a follower that can reach the ledger is live
+                    self._beat()
+                self._stopping.wait(leadership.renew_s)
+                continue
             try:
                 done = self.run_once()
             except Exception:
                 log.warning("relay.pass_failed", exc_info=True)
                 self._stopping.wait(max(self.poll_s, 1.0))
                 continue
-            self.liveness.beat()
-            if self.alive_file is not None:
-                self.alive_file.touch()  # liveness probes check this file's age
+            self._beat()
             if done.released < self.batch and done.recovered < self.batch:
                 self._stopping.wait(self.poll_s)
+        if leadership is not None:
+            leadership.give_up()
         log.info("relay.stopped")
+
+    def _beat(self) -> None:
+        self.liveness.beat()
+        if self.alive_file is not None:
+            self.alive_file.touch()  # liveness probes check this file's age
 
     def stop(self) -> None:
         self._stopping.set()

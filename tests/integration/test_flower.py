@@ -79,6 +79,7 @@ def flower_env(broker: str, pg_url: str, data_dir: Path, port: int) -> dict[str,
         "CONVEYOR_DATABASE_URL": pg_url,
         "CONVEYOR_DATA_DIR": str(data_dir),
         "CONVEYOR_TASK_MODULES": TEST_JOBS,
+        "CONVEYOR_RELAY_IN_WORKERS": "false",  # the session ledger: see conveyor_env
         "CONVEYOR_FLOWER_USER": USER,
         "CONVEYOR_FLOWER_PASSWORD": PASSWORD,
         "CONVEYOR_FLOWER_PORT": str(port),

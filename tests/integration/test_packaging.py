@@ -116,6 +116,7 @@ def test_the_wheel_runs_from_a_directory_with_its_own_config_tasks_and_worker(
         "CONVEYOR_DATABASE_URL": pg_url,
         "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
         "CONVEYOR_TASK_MODULES": "service_jobs",
+        "CONVEYOR_RELAY_IN_WORKERS": "false",  # the session ledger: see conveyor_env
         "PYTHONPATH": str(service),
     }
     conveyor = installed / "bin" / "conveyor"

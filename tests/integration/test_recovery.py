@@ -260,6 +260,7 @@ def test_jobs_and_delayed_retries_survive_a_redis_restart(
         "CONVEYOR_BROKER_URL": own_redis.url,
         "CONVEYOR_DATABASE_URL": pg_url,
         "CONVEYOR_DATA_DIR": str(tmp_path / "var"),
+        "CONVEYOR_RELAY_IN_WORKERS": "false",  # the session ledger: see conveyor_env
         "CONVEYOR_TASK_MODULES": TEST_JOBS,
     }
     processes.start(env, "relay", "--poll", "0.1")

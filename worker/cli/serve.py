@@ -178,15 +178,20 @@ def consumed_queues(option: str | None, default_queue: str) -> list[str]:
 def relay(state: State, poll_s: float, alive_file: Path | None, metrics_port: int | None) -> None:
     """Publish due retries and delayed jobs, recover expired leases (SIGTERM stops it).
 
+    Workers do this too unless CONVEYOR_RELAY_IN_WORKERS=false; of all the relays, one
+    elected leader acts at a time, the others stand by.
+
     With a metrics port, it serves /metrics (with the ledger's queue gauges), /healthz (a
     pass finished lately) and /readyz.
     """
+    from conveyor.worker.leader import Leadership, holder_name
     from conveyor.worker.relay import Relay
 
     settings = state.settings
     configure_logging(settings.log_level, settings.log_format)
     state.waits_for_ledger = True
-    runner = Relay(state.app, poll_s=poll_s, alive_file=alive_file)
+    leadership = Leadership(state.app.ledger, holder=holder_name())
+    runner = Relay(state.app, poll_s=poll_s, alive_file=alive_file, leadership=leadership)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port is not None:
         serve_probes(

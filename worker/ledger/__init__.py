@@ -11,6 +11,7 @@ module                 who calls it, for what
 ``keys``               :mod:`worker.api.keys`: the API's keys
 ``catalog``            workers declare their job types; producers read them
 ``pauses``             ``conveyor queues pause``/``resume`` and the API; every worker polls
+``leases``             :mod:`worker.leader`: the relay's duty, held by one process at a time
 =====================  ===================================================================
 
 :class:`Ledger` joins the parts into the one object a process holds (``app.ledger``), safe to
@@ -26,6 +27,7 @@ from conveyor.worker.ledger.database import Database, NewJob, make_engine
 from conveyor.worker.ledger.dead import DeadLetterStore
 from conveyor.worker.ledger.jobs import Claim, JobPath
 from conveyor.worker.ledger.keys import KeyStore
+from conveyor.worker.ledger.leases import LeaseStore
 from conveyor.worker.ledger.pauses import PauseStore
 from conveyor.worker.ledger.reads import Reads
 from conveyor.worker.ledger.relay import Publish, RelayQueries
@@ -42,5 +44,7 @@ __all__ = [
 ]
 
 
-class Ledger(JobPath, RelayQueries, DeadLetterStore, Reads, KeyStore, CatalogStore, PauseStore):
+class Ledger(
+    JobPath, RelayQueries, DeadLetterStore, Reads, KeyStore, CatalogStore, PauseStore, LeaseStore
+):
     """The ledger of one database: every read and write of its job tables."""
