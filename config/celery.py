@@ -74,6 +74,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout_s,
             "priority_steps": list(range(MAX_PRIORITY + 1)),
         }
+        if settings.is_sentinel:
+            # The same poison-safe channel, on the primary the Sentinels name; the master
+            # name goes to the result backend too, or it cannot find the primary.
+            options["broker_transport"] = "conveyor.worker.transports:SentinelTransport"
+            transport["master_name"] = settings.redis_sentinel_master
         options["broker_transport_options"] = transport
         options["result_backend_transport_options"] = dict(transport)
     elif kind is BrokerKind.RABBITMQ:

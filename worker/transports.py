@@ -49,8 +49,8 @@ def envelope_or_poison(item: bytes | str, queue: str) -> dict[str, Any]:
     }
 
 
-class Channel(kombu_redis.Channel):
-    """A Redis channel that hands undecodable list items on as poison, never crashes."""
+class PoisonSafeMixin(kombu_redis.Channel):
+    """Hands undecodable list items on as poison, never crashes; mixed into both channels."""
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -81,7 +81,21 @@ class Channel(kombu_redis.Channel):
             raise Empty()
 
 
+class Channel(PoisonSafeMixin, kombu_redis.Channel):
+    """A Redis channel that hands undecodable list items on as poison, never crashes."""
+
+
+class SentinelChannel(PoisonSafeMixin, kombu_redis.SentinelChannel):
+    """The same poison-safe decoding, for a primary found through Redis Sentinel."""
+
+
 class RedisTransport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`; selected by ``broker_transport``."""
 
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`SentinelChannel`; for ``sentinel://`` URLs."""
+
+    Channel = SentinelChannel

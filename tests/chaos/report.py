@@ -42,6 +42,7 @@ COLUMNS = (
 SCENARIO_ORDER = (
     "worker-kill",
     "worker-term",
+    "leader-kill",
     "broker-restart",
     "db-outage",
     "network",
@@ -60,6 +61,11 @@ def save_report(report: dict[str, Any]) -> Path:
 
 def row(report: dict[str, Any]) -> str:
     faults = ", ".join(f"{kind} {n}" for kind, n in sorted(report["faults"].items()) if n)
+    measured = ", ".join(
+        f"{name} {value}" for name, value in sorted(report.get("figures", {}).items())
+    )
+    if measured:  # what the scenario measured of its faults (recovery seconds, ...)
+        faults = f"{faults}; {measured}" if faults else measured
     cells = [
         report["scenario"],
         report["broker"],

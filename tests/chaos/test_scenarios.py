@@ -23,14 +23,23 @@ import redis
 from kombu.connection import Connection
 
 from conveyor.worker.chaos.scenarios import SCENARIOS
-from conveyor.worker.cli.chaos import DEFAULT_REDIS
+from conveyor.worker.cli.chaos import DEFAULT_REDIS, SKIPPED
 from tests.chaos.report import FULL_JOBS, FULL_SEED, FULL_TIMEOUT_S, save_report
 from tests.conftest import AMQP_URL, PG_ADMIN_URL, forget_unacked, run_cli
 
 CI_JOBS = 100
 """Jobs per CI run: enough for every scenario to inject its faults many times over; the
 full tier runs 2,000."""
-FAULTY = {"worker-kill", "worker-term", "broker-restart", "db-outage", "network"}
+FAULTY = {
+    "worker-kill",
+    "leader-kill",
+    "worker-term",
+    "partition",
+    "redis-failover",
+    "broker-restart",
+    "db-outage",
+    "network",
+}
 EVERY_RUN = [
     pytest.param(name, broker, id=f"{name}-{broker}")
     for name in sorted(SCENARIOS)
@@ -74,6 +83,8 @@ def chaos_run(
         timeout_s=(timeout_s or 800) + 50,
     )
     delete_run_queues(result.stderr)
+    if result.returncode == SKIPPED:
+        pytest.skip(result.stderr.strip().splitlines()[-1])
     report: dict[str, Any] = json.loads(result.stdout)
     assert result.returncode == (0 if report["ok"] else 1)
     return report

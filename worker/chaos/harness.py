@@ -67,6 +67,8 @@ def with_port(url: str, port: int) -> str:
 def inject_poison(app: ConveyorApp, broker_url: str, queue: str, count: int) -> dict[str, str]:
     """Publish ``count`` poison messages straight onto ``queue``; returns id -> expected reason."""
     expected: dict[str, str] = {}
+    if count == 0:
+        return expected
     destination = Queue(queue, Exchange(""), routing_key=queue)
     with Connection(broker_url) as connection:
         producer = connection.Producer()
@@ -216,6 +218,7 @@ def run(
             database=topology.database,
             proxy=proxy,
             hosts=topology.hosts,
+            network=topology.network,
         )
         injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)
         injector.start()

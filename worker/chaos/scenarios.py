@@ -59,6 +59,8 @@ class Services:
     """The same settings as keyword arguments, for the harness's own app."""
     hosts: list[Host] = field(default_factory=list)
     """Worker hosts (network namespaces) the stack spreads its workers over; none: loopback."""
+    network: object | None = None
+    """What cuts hosts off (:class:`~worker.chaos.hosts.HostNetwork`), for the injector."""
 
     def describe(self) -> str:
         first = self.broker_url.split(";", 1)[0]
@@ -80,6 +82,7 @@ class Faults:
     database: Restartable | None = None
     proxy: FaultProxy | None = None
     hosts: list[Host] = field(default_factory=list)
+    network: object | None = None
     counts: Counter[str] = field(default_factory=Counter)
     figures: dict[str, float] = field(default_factory=dict)
     """What the injector measured (recovery seconds, messages the broker lost...)."""
@@ -178,11 +181,44 @@ class Scenario:
     """Run a ``conveyor relay`` beside the workers (False: the workers' own relay only)."""
 
 
+def _partition() -> Scenario:
+    from conveyor.worker.chaos.hosts import partition, partition_services
+
+    return Scenario(
+        "partition",
+        "two worker hosts (network namespaces): each in turn is cut off from the broker and "
+        "the ledger for longer than a job's lease, then healed",
+        partition,
+        mix=Mix(sleep_ms=(200, 600)),  # jobs long enough to be running when the cut comes
+        services=partition_services,
+    )
+
+
+def _redis_failover() -> Scenario:
+    from conveyor.worker.chaos.sentinel import fail_over, sentinel_services
+
+    return Scenario(
+        "redis-failover",
+        "Redis behind three Sentinels: SIGKILL the primary mid-run (twice), the replica is "
+        "promoted, the old primary comes back as a replica",
+        fail_over,
+        services=sentinel_services,
+        brokers=("redis",),
+    )
+
+
 SCENARIOS = {
     scenario.name: scenario
     for scenario in [
         Scenario("worker-kill", "SIGKILL pool children and whole workers", kill_workers),
         Scenario("worker-term", "rolling SIGTERM restarts, as in a deploy", rolling_restarts),
+        Scenario(
+            "leader-kill",
+            "SIGKILL workers as in worker-kill, with no `conveyor relay`: the workers' own "
+            "elected relay recovers their jobs",
+            kill_workers,
+            relay=False,
+        ),
         Scenario(
             "broker-restart",
             "stop and restart the run's own broker (Redis with AOF, or a RabbitMQ node)",
@@ -213,5 +249,7 @@ SCENARIOS = {
             nothing,
             mix=Mix(fail_p=0.3, fatal=0.03, retry_after=0.1, timeout=0.03),
         ),
+        _redis_failover(),
+        _partition(),
     ]
 }

@@ -39,8 +39,9 @@ def wait_until(check: Callable[[], object], *, timeout_s: float, what: str) -> N
 class RedisInstance:
     """redis-server with append-only persistence (fsync always), so a restart keeps data."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.directory = directory
+        self.addresses = addresses
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
@@ -49,7 +50,8 @@ class RedisInstance:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("redis-server", "--port", str(self.port), "--bind", *self.addresses),
+                *("--protected-mode", "no" if len(self.addresses) > 1 else "yes"),
                 *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
                 *("--dir", str(self.directory)),
             ],
@@ -81,8 +83,9 @@ def _pg_bin(name: str) -> str:
 class PostgresInstance:
     """A PostgreSQL cluster of the run's own (initdb, pg_ctl), trust auth on loopback."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.directory = directory
+        self.addresses = addresses
         self.data = directory / "data"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
@@ -98,10 +101,13 @@ class PostgresInstance:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        with (self.data / "pg_hba.conf").open("a") as hba:  # clients on those addresses' nets
+            for address in self.addresses[1:]:
+                hba.write(f"host all all {address}/24 trust\n")
 
     def start(self) -> None:
         options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-p {self.port} -c listen_addresses={','.join(self.addresses)} "
             f"-c unix_socket_directories={self.directory}"
         )
         subprocess.run(
@@ -142,8 +148,9 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 class RabbitInstance:
     """A RabbitMQ node of the run's own (its own node name, ports and data folder)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.directory = directory
+        self.addresses = addresses
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"chaos{self.port}@localhost"
@@ -153,8 +160,11 @@ class RabbitInstance:
         return {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            **(
+                {"RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1"}
+                if len(self.addresses) == 1
+                else {}  # listeners in rabbitmq.conf
+            ),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.directory / "log"),
@@ -181,7 +191,12 @@ class RabbitInstance:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "log").mkdir(exist_ok=True)
         (self.directory / "enabled_plugins").write_text("[].\n")
-        (self.directory / "rabbitmq.conf").write_text("loopback_users = none\n")
+        listeners = "".join(
+            f"listeners.tcp.{i} = {address}:{self.port}\n"
+            for i, address in enumerate(self.addresses, start=1)
+            if len(self.addresses) > 1
+        )
+        (self.directory / "rabbitmq.conf").write_text(f"loopback_users = none\n{listeners}")
         if os.geteuid() == 0:  # the node runs as the rabbitmq user
             for path in [self.directory, *self.directory.rglob("*")]:
                 shutil.chown(path, "rabbitmq", "rabbitmq")

@@ -15,6 +15,8 @@ from conveyor.worker.cli.common import emit_json, json_option
 DEFAULT_PG = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+SKIPPED = 3
+"""Exit status of a run that could not start what its scenario needs (it says why)."""
 
 
 @click.group()
@@ -84,18 +86,24 @@ def chaos_run(
         raise click.UsageError(
             f"scenario {scenario!r} runs on {' and '.join(SCENARIOS[scenario].brokers)} only"
         )
+    from conveyor.worker.chaos.hosts import HostsUnavailable
+
     console = Console(stderr=True)
-    report = run(
-        scenario,
-        broker=broker,
-        jobs=jobs,
-        seed=seed,
-        pg_url=pg_url,
-        redis_url=redis_url,
-        amqp_url=amqp_url,
-        timeout_s=timeout_s,
-        progress=console.print,
-    )
+    try:
+        report = run(
+            scenario,
+            broker=broker,
+            jobs=jobs,
+            seed=seed,
+            pg_url=pg_url,
+            redis_url=redis_url,
+            amqp_url=amqp_url,
+            timeout_s=timeout_s,
+            progress=console.print,
+        )
+    except HostsUnavailable as why:
+        click.echo(f"skipped: {why}", err=True)
+        sys.exit(SKIPPED)
     if as_json:
         emit_json(report.as_dict())
     else:
