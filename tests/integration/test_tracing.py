@@ -39,6 +39,7 @@ from tests.conftest import (
     TEST_JOBS,
     Processes,
     ProcessFactory,
+    conveyor_env,
     terminal,
     wait_for,
 )
@@ -170,18 +171,23 @@ def collector() -> Iterator[Collector]:
 
 
 @pytest.fixture
-def traced_env(env: dict[str, str], collector: Collector) -> dict[str, str]:
+def traced_env(
+    broker_url: str, own_ledger_url: str, tmp_path: Path, collector: Collector
+) -> dict[str, str]:
+    """On the module's own ledger: a relay of another module's (untraced) must not be the
+    one that publishes these tests' retries (one relay acts per ledger, worker/leader.py)."""
+    env = conveyor_env(broker_url, own_ledger_url, tmp_path)
     return {**env, "CONVEYOR_OTLP_ENDPOINT": collector.url, **QUICK_EXPORT}
 
 
 @pytest.fixture
 def traced_app(
-    broker_url: str, pg_url: str, tmp_path: Path, collector: Collector
+    broker_url: str, own_ledger_url: str, tmp_path: Path, collector: Collector
 ) -> Iterator[ConveyorApp]:
     """The producer side, with tracing set up in this process (once, for the module)."""
     settings = load_settings(
         broker_url=broker_url,
-        database_url=pg_url,
+        database_url=own_ledger_url,
         data_dir=tmp_path / "var",
         task_modules=[TEST_JOBS],
         otlp_endpoint=collector.url,
