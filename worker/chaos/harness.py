@@ -217,7 +217,6 @@ def run(
             broker=topology.broker,
             database=topology.database,
             proxy=proxy,
-            hosts=topology.hosts,
             network=topology.network,
         )
         injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)

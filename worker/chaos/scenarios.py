@@ -81,8 +81,8 @@ class Faults:
     broker: Restartable | None = None
     database: Restartable | None = None
     proxy: FaultProxy | None = None
-    hosts: list[Host] = field(default_factory=list)
     network: object | None = None
+    """What cuts worker hosts off (:class:`~worker.chaos.hosts.HostNetwork`), if any."""
     counts: Counter[str] = field(default_factory=Counter)
     figures: dict[str, float] = field(default_factory=dict)
     """What the injector measured (recovery seconds, messages the broker lost...)."""

@@ -46,8 +46,6 @@ class Stack:
         self.workdir = workdir
         self.with_relay = relay
         self.hosts = hosts or []
-        self.host_of: dict[int, Host] = {}
-        """The host each worker (by pid) was started in."""
         self.relay: subprocess.Popen[bytes] | None = None
         self.env = env
         self.queue = queue
@@ -90,8 +88,6 @@ class Stack:
                 *("--loglevel", "WARNING"),
                 host=host,
             )
-            if host is not None:
-                self.host_of[worker.pid] = host
             self.workers.append(worker)
             return worker
 
