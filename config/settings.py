@@ -106,7 +106,15 @@ class Settings(BaseSettings):
         None, description="Celery broker URL; unset means the embedded SQLite broker."
     )
     database_url: SecretStr | None = Field(
-        None, description="Ledger database URL (SQLAlchemy); unset means SQLite under data_dir."
+        None,
+        description="Ledger database URL (SQLAlchemy, or libpq's multi-host form "
+        "postgresql://h1:p1,h2:p2/db?target_session_attrs=read-write); unset means SQLite "
+        "under data_dir.",
+    )
+    database_replica_url: SecretStr | None = Field(
+        None,
+        description="A read replica of the ledger for reads that tolerate lag (job and "
+        "dead-letter lists, queue stats, metrics gauges); unset: the primary serves them.",
     )
     task_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -228,7 +236,7 @@ class Settings(BaseSettings):
                 _check_scheme(url.strip(), BROKER_SCHEMES, need_host=True)
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_replica_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
@@ -308,10 +316,14 @@ class Settings(BaseSettings):
         """The ledger URL in effect, with PostgreSQL URLs pinned to the psycopg 3 driver."""
         if self.database_url is None:
             return f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
-        url = self.database_url.get_secret_value()
-        if url.startswith("postgresql://"):
-            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        return url
+        return sqlalchemy_url(self.database_url.get_secret_value())
+
+    @property
+    def database_replica(self) -> str | None:
+        """The read replica's URL in SQLAlchemy's form, or None when there is none."""
+        if self.database_replica_url is None:
+            return None
+        return sqlalchemy_url(self.database_replica_url.get_secret_value())
 
     @property
     def broker_kind(self) -> BrokerKind:
@@ -339,6 +351,22 @@ def package_version() -> str:
         return version("conveyor")
     except PackageNotFoundError:
         return "0"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``url`` for SQLAlchemy: PostgreSQL pinned to the psycopg 3 driver, and libpq's
+    multi-host netloc (``h1:p1,h2:p2``), which SQLAlchemy cannot parse, rewritten as its
+    ``?host=h1:p1&host=h2:p2`` form; psycopg hands libpq the same list either way."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    parts = urlsplit(url)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    if not parts.scheme.startswith("postgresql") or "," not in hosts:
+        return url
+    query = "&".join([*(f"host={host}" for host in hosts.split(",")), *filter(None, [parts.query])])
+    netloc = f"{credentials}@" if credentials else ""
+    # Built by hand: urlunsplit drops the "//" of an empty netloc.
+    return f"{parts.scheme}://{netloc}{parts.path}?{query}"
 
 
 def _check_scheme(url: str, allowed: tuple[str, ...], *, need_host: bool) -> None:

@@ -62,7 +62,11 @@ def create_app(settings: Settings) -> ConveyorApp:
     app = ConveyorApp("conveyor", set_as_current=False, amqp=amqp)
     app.conf.update(celery_config(settings))
     app.settings = settings
-    app.ledger = Ledger(settings.database, pool_size=settings.db_pool_size)
+    app.ledger = Ledger(
+        settings.database,
+        pool_size=settings.db_pool_size,
+        replica_url=settings.database_replica,
+    )
     app.outcomes = Outcomes(default_observers(broker=settings.broker_kind.value))
     app.dead_letters = DeadLetters(app, app.ledger, app.outcomes)
     app.runtime = Runtime(ledger=app.ledger, dead_letters=app.dead_letters, outcomes=app.outcomes)

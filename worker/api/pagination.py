@@ -85,7 +85,7 @@ def page(
     query = where.query().limit(limit + 1)
     if cursor is not None:
         query = query.where(tuple_(Job.created_at, Job.id) < (cursor.created_at, cursor.job_id))
-    with ledger.session() as session:
+    with ledger.lagging_session() as session:
         rows = session.scalars(query).all()
     if len(rows) <= limit:
         return rows, None

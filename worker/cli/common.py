@@ -39,7 +39,9 @@ class State:
         from conveyor.worker.ledger import Ledger
 
         self._check_schema()
-        return Ledger(self.settings.database, pool_size=1)
+        return Ledger(
+            self.settings.database, pool_size=1, replica_url=self.settings.database_replica
+        )
 
     @cached_property
     def app(self) -> ConveyorApp:

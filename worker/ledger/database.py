@@ -97,9 +97,10 @@ class _Direct(threading.local):
 class Database:
     """Engine, sessions and row helpers shared by every part of :class:`~worker.ledger.Ledger`."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, replica_url: str | None = None) -> None:
         self.url = url
         self._pool_size = pool_size
+        self._replica = Database(replica_url, pool_size=pool_size) if replica_url else None
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._engine: Engine | None = None
@@ -143,8 +144,10 @@ class Database:
             else:
                 _INHERITED.append(held.connection)
         held.connection = None
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        held.connection = psycopg.connect(url, autocommit=True)
+        # The dialect's own arguments: a multi-host URL (``?host=h1:p1&host=h2:p2``) reaches
+        # libpq as the host and port lists the pool's connections get.
+        arguments = self.engine.dialect.create_connect_args(self.engine.url)[1]
+        held.connection = psycopg.connect(**arguments, autocommit=True)
         held.pid, held.opened = os.getpid(), monotonic()
         return held.connection
 
@@ -163,6 +166,15 @@ class Database:
         _ = self.engine
         assert self._sessions is not None
         return self._sessions()
+
+    def lagging_session(self) -> Session:
+        """A new session for reads that tolerate lag (lists, counts, gauges): on the read
+        replica (``CONVEYOR_DATABASE_REPLICA_URL``) when there is one, else the primary.
+
+        A replica may be behind the primary: never read there what a write then decides on
+        (claims, replays, the relay's queries), nor a job its producer just enqueued.
+        """
+        return (self._replica or self).session()
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
@@ -189,6 +201,8 @@ class Database:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        if self._replica is not None:
+            self._replica.dispose()
 
     @staticmethod
     def _row(job: NewJob, now: datetime, **fields: Any) -> dict[str, Any]:

@@ -119,8 +119,9 @@ class DeadLetterStore(Database):
                 )
 
     def dead(self, where: DeadFilter, *, limit: int = 100) -> Sequence[Job]:
-        """Dead jobs matching ``where``, not yet replayed, oldest death first."""
-        with self.session() as session:
+        """Dead jobs matching ``where``, not yet replayed, oldest death first (on the
+        replica, if any: for lists; replay and purge select on the primary)."""
+        with self.lagging_session() as session:
             return session.scalars(where.query().limit(limit)).all()
 
     def replay(

@@ -39,7 +39,7 @@ class Reads(Database):
         queue: str | None = None,
         limit: int = 50,
     ) -> Sequence[Job]:
-        """Newest jobs first, filtered by any of state, task and queue."""
+        """Newest jobs first, filtered by any of state, task and queue (on the replica, if any)."""
         query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
         if state is not None:
             query = query.where(Job.state == state)
@@ -47,7 +47,7 @@ class Reads(Database):
             query = query.where(Job.task == task)
         if queue is not None:
             query = query.where(Job.queue == queue)
-        with self.session() as session:
+        with self.lagging_session() as session:
             return session.scalars(query).all()
 
     def count_by_state(self, *, ids: Sequence[str] | None = None) -> dict[str, int]:

@@ -117,7 +117,7 @@ def finished_rates(ledger: Ledger, *, window_s: float = RATE_WINDOW_S) -> dict[s
         .where(Job.state.in_([JobState.SUCCEEDED, JobState.DEAD]), Job.finished_at >= since)
         .group_by(Job.queue)
     )
-    with ledger.session() as session:
+    with ledger.lagging_session() as session:
         return {queue: count / window_s for queue, count in session.execute(query).all()}
 
 

@@ -50,7 +50,7 @@ def queue_stats(ledger: Ledger) -> dict[str, Any]:
     oldest_due = select(func.min(Job.run_at)).where(
         Job.state == JobState.SCHEDULED, Job.run_at <= now
     )
-    with ledger.session() as session:
+    with ledger.lagging_session() as session:
         rows = session.execute(counts).all()
         due = session.scalar(oldest_due)
         paused = session.scalars(select(QueuePause.queue)).all()
