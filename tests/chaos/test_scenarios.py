@@ -30,12 +30,17 @@ from tests.conftest import AMQP_URL, PG_ADMIN_URL, forget_unacked, run_cli
 CI_JOBS = 100
 """Jobs per CI run: enough for every scenario to inject its faults many times over; the
 full tier runs 2,000."""
+CI_FAULTS = 20
+"""Faults per CI run at most: the scenarios that inject one a second (worker-kill,
+worker-term, network) would otherwise keep the run going for minutes after 20 of them
+have shown what they show. Full-size runs are not bounded."""
 FAULTY = {
     "worker-kill",
     "leader-kill",
     "worker-term",
     "partition",
     "redis-failover",
+    "ledger-failover",
     "broker-restart",
     "db-outage",
     "network",
@@ -44,6 +49,12 @@ EVERY_RUN = [
     pytest.param(name, broker, id=f"{name}-{broker}")
     for name in sorted(SCENARIOS)
     for broker in SCENARIOS[name].brokers
+]
+DEFAULT_RUN = [
+    pytest.param(name, broker, id=f"{name}-{broker}")
+    for name in sorted(SCENARIOS)
+    for broker in SCENARIOS[name].brokers
+    if SCENARIOS[name].in_default_run
 ]
 
 
@@ -72,10 +83,18 @@ def delete_run_queues(stderr: str) -> None:
 
 
 def chaos_run(
-    scenario: str, broker: str, jobs: int, seed: int, *, timeout_s: float | None = None
+    scenario: str,
+    broker: str,
+    jobs: int,
+    seed: int,
+    *,
+    timeout_s: float | None = None,
+    max_faults: int | None = None,
 ) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     bound = ("--timeout", str(timeout_s)) if timeout_s else ()
+    if max_faults is not None:
+        bound = (*bound, "--max-faults", str(max_faults))
     result = run_cli(
         *("chaos", "run", scenario, "--broker", broker, "--jobs", str(jobs), "--seed", str(seed)),
         *("--pg-url", PG_ADMIN_URL, "--amqp-url", AMQP_URL, "--json", *bound),
@@ -85,6 +104,7 @@ def chaos_run(
     delete_run_queues(result.stderr)
     if result.returncode == SKIPPED:
         pytest.skip(result.stderr.strip().splitlines()[-1])
+    assert result.stdout.strip(), result.stderr[-3000:]
     report: dict[str, Any] = json.loads(result.stdout)
     assert result.returncode == (0 if report["ok"] else 1)
     return report
@@ -108,10 +128,10 @@ def assert_every_promise_held(report: dict[str, Any], scenario: str, jobs: int) 
 
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(("scenario", "broker"), EVERY_RUN)
+@pytest.mark.parametrize(("scenario", "broker"), DEFAULT_RUN)
 def test_scenario_keeps_every_promise(scenario: str, broker: str) -> None:
     jobs = CI_JOBS
-    report = chaos_run(scenario, broker, jobs, seed=11)
+    report = chaos_run(scenario, broker, jobs, seed=11, max_faults=CI_FAULTS)
     assert_every_promise_held(report, scenario, jobs)
 
 

@@ -21,6 +21,7 @@ from kombu.entity import Exchange, Queue
 from sqlalchemy import func, select
 
 from conveyor.config import load_settings
+from conveyor.config.settings import sqlalchemy_url
 from conveyor.worker.app import ConveyorApp, create_app
 from conveyor.worker.chaos.effects import metadata as chaos_metadata
 from conveyor.worker.chaos.invariants import Report, check
@@ -40,10 +41,6 @@ WORKERS = 2
 CONCURRENCY = 2
 
 Progress = Callable[[str], None]
-
-
-def driver_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 @contextmanager
@@ -141,9 +138,11 @@ def run(
     redis_url: str,
     amqp_url: str,
     timeout_s: float | None = None,
+    max_faults: int | None = None,
     progress: Progress = lambda _: None,
 ) -> Report:
-    """Run one scenario and return its report (see :mod:`worker.chaos.invariants`)."""
+    """Run one scenario and return its report (see :mod:`worker.chaos.invariants`);
+    ``max_faults`` bounds the faults injected (None: until the jobs are done)."""
     scenario = SCENARIOS[scenario_name]
     run_id = f"{scenario_name}-{broker}-{seed}-{uuid.uuid4().hex[:6]}"
     queue = f"chaos-{run_id}"
@@ -162,8 +161,8 @@ def run(
         )
         broker_url, db_url = topology.broker_url, topology.db_url
         progress(f"run {run_id}: broker {topology.describe()}, workdir {workdir}")
-        upgrade(driver_url(db_url))
-        engine = make_engine(driver_url(db_url))
+        upgrade(sqlalchemy_url(db_url))
+        engine = make_engine(sqlalchemy_url(db_url))
         chaos_metadata.create_all(engine)
         engine.dispose()
         worker_broker_url, proxy = broker_url, None
@@ -218,6 +217,7 @@ def run(
             database=topology.database,
             proxy=proxy,
             network=topology.network,
+            budget=max_faults,
         )
         injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)
         injector.start()

@@ -86,9 +86,15 @@ class Faults:
     counts: Counter[str] = field(default_factory=Counter)
     figures: dict[str, float] = field(default_factory=dict)
     """What the injector measured (recovery seconds, messages the broker lost...)."""
+    budget: int | None = None
+    """Faults to inject at most (None: until the run is over). CI-size runs are bounded so
+    that their length is set by the jobs, not by faults that keep coming until the end."""
 
     def pause(self, low_s: float, high_s: float) -> bool:
-        """Wait a seeded while (the first time, under a second); False once the run is over."""
+        """Wait a seeded while (the first time, under a second); False once the run is over
+        or the budget is spent."""
+        if self.budget is not None and sum(self.counts.values()) >= self.budget:
+            return False
         if not self.counts:
             low_s, high_s = 0.3, 1.0
         return not self.stop.wait(self.rng.uniform(low_s, high_s))
@@ -179,6 +185,8 @@ class Scenario:
     brokers: tuple[str, ...] = ("redis", "rabbitmq")
     relay: bool = True
     """Run a ``conveyor relay`` beside the workers (False: the workers' own relay only)."""
+    in_default_run: bool = True
+    """Run at CI size in the default test run (False: only in the full tier)."""
 
 
 def _partition() -> Scenario:
@@ -203,6 +211,20 @@ def _redis_failover() -> Scenario:
         "promoted, the old primary comes back as a replica",
         fail_over,
         services=sentinel_services,
+        brokers=("redis",),
+    )
+
+
+def _ledger_failover() -> Scenario:
+    from conveyor.worker.chaos.standby import fail_over_ledger, standby_services
+
+    return Scenario(
+        "ledger-failover",
+        "the ledger on a PostgreSQL primary with a synchronous streaming standby: SIGKILL the "
+        "primary mid-run, promote the standby; the workers reconnect through the multi-host URL",
+        fail_over_ledger,
+        services=standby_services,
+        # What fails over is the ledger; db-outage covers both brokers' side of an outage.
         brokers=("redis",),
     )
 
@@ -254,5 +276,6 @@ SCENARIOS = {
         ),
         _redis_failover(),
         _partition(),
+        _ledger_failover(),
     ]
 }

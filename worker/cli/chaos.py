@@ -64,6 +64,11 @@ def report_table(report: Report) -> Table:
 @click.option("--jobs", type=click.IntRange(1, 100_000), default=300, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(10), help="Bound on the run.")
+@click.option(
+    "--max-faults",
+    type=click.IntRange(1),
+    help="Inject at most this many faults (default: until the jobs are done).",
+)
 @click.option("--pg-url", default=DEFAULT_PG, show_default=True, help="PostgreSQL server.")
 @click.option("--redis-url", default=DEFAULT_REDIS, show_default=True)
 @click.option("--amqp-url", default=DEFAULT_AMQP, show_default=True)
@@ -74,6 +79,7 @@ def chaos_run(
     jobs: int,
     seed: int,
     timeout_s: float | None,
+    max_faults: int | None,
     pg_url: str,
     redis_url: str,
     amqp_url: str,
@@ -99,6 +105,7 @@ def chaos_run(
             redis_url=redis_url,
             amqp_url=amqp_url,
             timeout_s=timeout_s,
+            max_faults=max_faults,
             progress=console.print,
         )
     except HostsUnavailable as why:

@@ -1,0 +1,96 @@
+"""A PostgreSQL primary with a synchronous streaming standby (worker/chaos/standby.py).
+
+The pair is this module's own, on free ports; the shared PostgreSQL is not touched. A
+row committed on the primary is on the standby; the standby refuses writes; the
+multi-host URL reaches the primary, and after the primary is SIGKILLed and the standby
+promoted, a new connection on the same URL reaches the promoted standby, which has every
+committed row and takes writes. The `ledger-failover` chaos scenario does the same under
+load. The failover test breaks the pair, so it comes last.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conveyor.worker.chaos.standby import StandbyPair
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[StandbyPair]:
+    # Not under tmp_path: pytest's base folder is root's alone (0700), and the clusters run
+    # as the postgres user, who must reach their data folders.
+    folder = Path(tempfile.mkdtemp(prefix="conveyor-standby-"))
+    folder.chmod(0o755)
+    started = StandbyPair(folder / "pair", database="ledger")
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+        left = [*started.primary.processes(), *started.standby.processes()]
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not left, f"postgres processes of the pair outlived it: {left}"
+
+
+def test_a_row_committed_on_the_primary_is_on_the_standby_at_once(pair: StandbyPair) -> None:
+    primary_url = f"postgresql://postgres@127.0.0.1:{pair.primary.port}/ledger"
+    with psycopg.connect(primary_url, autocommit=True) as primary:
+        sync = primary.execute(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'"
+        ).fetchone()
+        assert sync == ("sync",)
+        # The pair's synchronous_commit=on waits until the standby has flushed the commit,
+        # which is what survives a failover; remote_apply waits until it has replayed it
+        # too, so that a read on the standby right after the commit sees the row.
+        primary.execute("SET synchronous_commit = remote_apply")
+        primary.execute("CREATE TABLE notes (body text)")
+        primary.execute("INSERT INTO notes VALUES ('committed')")
+    with psycopg.connect(pair.replica_url) as standby:
+        assert standby.execute("SELECT body FROM notes").fetchall() == [("committed",)]
+
+
+def test_the_standby_refuses_writes(pair: StandbyPair) -> None:
+    with psycopg.connect(pair.replica_url, autocommit=True) as standby:
+        assert standby.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            standby.execute("CREATE TABLE refused (body text)")
+
+
+def test_the_multi_host_url_reaches_the_promoted_standby_after_the_primary_dies(
+    pair: StandbyPair,
+) -> None:
+    with psycopg.connect(pair.url, autocommit=True) as connection:
+        assert connection.info.port == pair.primary.port
+        connection.execute("CREATE TABLE survivors (body text)")
+        connection.execute("INSERT INTO survivors VALUES ('before the kill')")
+
+    with psycopg.connect(pair.replica_url, autocommit=True) as standby:
+        # As if the base backup had brought the primary's setting along: promoted with it,
+        # the standby would wait on every commit for a standby it does not have.
+        standby.execute("ALTER SYSTEM SET synchronous_standby_names = 'gone'")
+        standby.execute("SELECT pg_reload_conf()")
+
+    pair.kill_primary()
+    assert pair.primary.processes() == []
+    pair.promote()
+
+    with psycopg.connect(pair.url, autocommit=True) as connection:
+        assert connection.info.port == pair.standby.port
+        assert connection.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        # Committed with synchronous_commit=on only: flushed on the standby, replayed by
+        # the promotion.
+        assert connection.execute("SELECT body FROM survivors").fetchall() == [("before the kill",)]
+        # The promotion cleared it: a commit returns at once.
+        assert connection.execute("SHOW synchronous_standby_names").fetchone() == ("",)
+        started = time.monotonic()
+        connection.execute("INSERT INTO survivors VALUES ('after the promotion')")
+        assert time.monotonic() - started < 5
