@@ -1,11 +1,12 @@
 """A PostgreSQL primary with a synchronous streaming standby (worker/chaos/standby.py).
 
 The pair is this module's own, on free ports; the shared PostgreSQL is not touched. A
-row committed on the primary is on the standby; the standby refuses writes; the
-multi-host URL reaches the primary, and after the primary is SIGKILLed and the standby
-promoted, a new connection on the same URL reaches the promoted standby, which has every
-committed row and takes writes. The `ledger-failover` chaos scenario does the same under
-load. The failover test breaks the pair, so it comes last.
+row committed on the primary is on the standby; the standby refuses writes; the ledger,
+given the multi-host URL and the standby as its replica, writes on the primary and lists
+from the standby; the multi-host URL reaches the primary, and after the primary is
+SIGKILLed and the standby promoted, a new connection on the same URL reaches the
+promoted standby, which has every committed row and takes writes. The `ledger-failover`
+chaos scenario does the same under load. The failover test breaks the pair, so it comes last.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
+from conveyor.config import load_settings
 from conveyor.worker.chaos.standby import StandbyPair
+from conveyor.worker.ledger import Ledger, NewJob
+from conveyor.worker.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +69,29 @@ def test_the_standby_refuses_writes(pair: StandbyPair) -> None:
         assert standby.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             standby.execute("CREATE TABLE refused (body text)")
+
+
+def test_the_ledger_writes_on_the_primary_and_lists_from_the_streaming_replica(
+    pair: StandbyPair,
+) -> None:
+    settings = load_settings(database_url=pair.url, database_replica_url=pair.replica_url)
+    upgrade(settings.database)
+    ledger = Ledger(settings.database, pool_size=1, replica_url=settings.database_replica)
+    try:
+        job = NewJob(
+            id=str(uuid.uuid4()), task="demo.work", queue="replica", payload={}, max_attempts=1
+        )
+        ledger.create(job)  # through the multi-host URL: a write, so on the primary
+        assert ledger.direct("SELECT inet_server_port()", {}) == (pair.primary.port,)
+        with ledger.lagging_session() as session:
+            port = session.execute(text("SELECT inet_server_port()")).scalar_one()
+        assert port == pair.standby.port
+        deadline = time.monotonic() + 10  # synchronous_commit=on: flushed there, replayed soon
+        while not ledger.list(queue="replica") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [listed.id for listed in ledger.list(queue="replica")] == [job.id]
+    finally:
+        ledger.dispose()
 
 
 def test_the_multi_host_url_reaches_the_promoted_standby_after_the_primary_dies(
