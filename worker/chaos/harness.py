@@ -217,6 +217,7 @@ def run(
             database=topology.database,
             proxy=proxy,
             network=topology.network,
+            jobs=len(ids),
             budget=max_faults,
         )
         injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)

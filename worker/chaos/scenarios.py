@@ -86,6 +86,8 @@ class Faults:
     counts: Counter[str] = field(default_factory=Counter)
     figures: dict[str, float] = field(default_factory=dict)
     """What the injector measured (recovery seconds, messages the broker lost...)."""
+    jobs: int = 0
+    """Jobs the run enqueued (an injector may time its fault by how many are done)."""
     budget: int | None = None
     """Faults to inject at most (None: until the run is over). CI-size runs are bounded so
     that their length is set by the jobs, not by faults that keep coming until the end."""

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +38,9 @@ STANDBY_NAME = "standby"
 SLOT = "standby"
 TERMINAL = ("succeeded", "dead", "cancelled")
 """The ledger's terminal job states (:data:`worker.models.TERMINAL_STATES`)."""
-MIDRUN_JOBS = 10
-"""Jobs done before the failover: the workers are past start-up and writing to the ledger."""
+MIDRUN_SHARE = 0.25
+"""The share of the run's jobs done before the failover (at least 10): the workers are
+past start-up, writing to the ledger, and most jobs are still to come."""
 
 
 class StandbyPair:
@@ -212,7 +213,8 @@ def fail_over_ledger(faults: Faults) -> None:
     """Once, mid-run: SIGKILL the ledger's primary and promote its synchronous standby.
 
     Measured: seconds from the kill until a new connection on the multi-host URL commits
-    a write on the promoted standby (``failover_s``), and the committed transactions the
+    a write on the promoted standby (``failover_s``), and until the workers finished a
+    job there (``resumed_s``: the platform's recovery); the committed transactions the
     failover lost: jobs terminal on the primary just before the kill that are not
     terminal on the promoted standby (``committed_lost``, 0 with synchronous commit), of
     the ``jobs_done_at_kill``.
@@ -224,14 +226,23 @@ def fail_over_ledger(faults: Faults) -> None:
     """
     pair = faults.database
     assert isinstance(pair, StandbyPair)
+    wanted = max(10, round(faults.jobs * MIDRUN_SHARE))
     while faults.pause(0.5, 2.0):
         before = pair.terminal_jobs()
-        if len(before) < MIDRUN_JOBS:
+        if len(before) < min(wanted, faults.jobs):
             continue
+        killed = time.monotonic()
         took_s = pair.fail_over()
+        after = pair.terminal_jobs()
         faults.counts["ledger_primary_killed"] += 1
         faults.figures["failover_s"] = round(took_s, 2)
         faults.figures["jobs_done_at_kill"] = len(before)
-        faults.figures["committed_lost"] = len(before - pair.terminal_jobs())
+        faults.figures["committed_lost"] = len(before - after)
+        while len(after) < faults.jobs and not faults.stop.is_set():
+            with suppress(psycopg.Error):
+                if len(pair.terminal_jobs()) > len(after):
+                    break
+            faults.stop.wait(0.1)
+        faults.figures["resumed_s"] = round(time.monotonic() - killed, 2)
         break
     faults.stop.wait()
