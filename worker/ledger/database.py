@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,7 +78,19 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     # No pre-ping: it would add a round trip (and a transaction) to every checkout. A dead
     # connection fails its statement instead, the pool discards it, and the message is
     # retried (see worker.runtime.Postpone); pool_recycle retires idle connections.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    return engine
+
+
+def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+    """A write refused as read-only means the server is no longer the primary (a
+    switchover demoted it): treat it as a lost connection, so SQLAlchemy discards the whole
+    pool and the next connection finds the new primary through the multi-host URL's
+    ``target_session_attrs=read-write``. Otherwise the pool would keep every connection to
+    the old primary until ``pool_recycle``."""
+    if isinstance(context.original_exception, psycopg.errors.ReadOnlySqlTransaction):
+        context.is_disconnect = True
 
 
 DIRECT_RECYCLE_S = 1800.0
@@ -117,7 +130,8 @@ class Database:
 
         Errors come as SQLAlchemy's (:class:`~sqlalchemy.exc.DataError` for data the
         database refuses, :class:`~sqlalchemy.exc.OperationalError` when it cannot be
-        reached); a connection that broke is dropped and the next call opens another.
+        reached); a connection that broke, or whose server refused a write as read-only
+        (demoted in a switchover), is dropped and the next call opens another.
         """
         held = self._direct
         connection = held.connection
@@ -130,7 +144,10 @@ class Database:
                 connection = self._open_direct()
             return connection.execute(sql, params).fetchone()
         except psycopg.Error as exc:
-            if connection is not None and (connection.broken or connection.closed):
+            demoted = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)  # a switchover
+            if connection is not None and (connection.broken or connection.closed or demoted):
+                if demoted:
+                    connection.close()
                 held.connection = None
             raise DBAPIError.instance(
                 sql, dict(params), exc, psycopg.Error, dialect=self.engine.dialect
