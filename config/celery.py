@@ -87,6 +87,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         if settings.queue_type is QueueType.QUORUM:
             options["task_default_queue_type"] = "quorum"
             options["task_default_exchange_type"] = "topic"
+            # A queue Celery was not told about (task_create_missing_queues) takes its type
+            # and exchange from these two since Celery 5.6, not from the defaults above:
+            # without them it is declared classic, on a direct exchange.
+            options["task_create_missing_queue_type"] = "quorum"
+            options["task_create_missing_queue_exchange_type"] = "topic"
     if settings.queues:
         options["task_queues"] = declared_queues(settings)
     return options

@@ -36,6 +36,7 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 from sqlalchemy.exc import DataError
 
+from conveyor.config.settings import Settings
 from conveyor.worker.constants import DeadReason, dead_letter_queue
 from conveyor.worker.errors import Failure
 from conveyor.worker.ledger import Ledger, NewJob
@@ -48,11 +49,19 @@ REASON_HEADER = "x-conveyor-reason"
 JOB_ID_HEADER = "x-conveyor-job-id"
 
 
-def dead_letter_destination(queue: str) -> Queue:
+def dead_letter_destination(queue: str, *, quorum: bool = False) -> Queue:
     """The durable queue holding ``queue``'s dead letters, on the broker's default exchange
-    (as every Conveyor queue: :mod:`config.celery`)."""
+    (as every Conveyor queue: :mod:`config.celery`); with ``quorum``, a quorum queue, so
+    it is replicated as ``queue`` is and survives the loss of a RabbitMQ node."""
     name = dead_letter_queue(queue)
-    return Queue(name, Exchange(""), routing_key=name)
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    return Queue(name, Exchange(""), routing_key=name, queue_arguments=arguments)
+
+
+def dead_letters_quorum(app: Celery, queue: str) -> bool:
+    """Whether ``queue``'s dead letters go to a quorum queue: when ``queue`` is one."""
+    settings: Settings | None = getattr(app, "settings", None)  # a ConveyorApp's
+    return settings is not None and bool(settings.quorum_queues([queue]))
 
 
 def raw_body(body: bytes | str | None) -> dict[str, Any]:
@@ -196,7 +205,7 @@ def publish_dead_letter(app: Celery, letter: Letter) -> bool:
     turn a recorded outcome into a redelivery.
     """
     queue, job_id = letter.queue, letter.job_id
-    destination = dead_letter_destination(queue)
+    destination = dead_letter_destination(queue, quorum=dead_letters_quorum(app, queue))
     body = letter.record()
     headers = {REASON_HEADER: letter.reason.value, JOB_ID_HEADER: job_id}
     try:

@@ -41,6 +41,8 @@ FAULTY = {
     "partition",
     "redis-failover",
     "ledger-failover",
+    "rabbitmq-node-loss",
+    "rabbitmq-rolling-restart",
     "broker-restart",
     "db-outage",
     "network",

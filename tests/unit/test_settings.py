@@ -14,6 +14,7 @@ import pytest
 from conveyor.config.celery import broker_priority, celery_config, worker_options
 from conveyor.config.settings import BrokerKind, QueueType, load_settings
 from conveyor.worker.app import create_app
+from conveyor.worker.deadletter import dead_letter_destination, dead_letters_quorum
 from conveyor.worker.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -323,8 +324,38 @@ def test_broker_specific_options(
     assert app.amqp.queues["default"].exchange.name == exchange
     made = app.amqp.queues["other"]  # made on demand, as for `-Q other` or send_task(queue=)
     assert made.exchange.name == ("other" if exchange else "")
+    # ...and of Conveyor's queue type: quorum, on a topic exchange (delayed delivery).
+    quorum = default_queue_type == "quorum"
+    assert made.queue_arguments == ({"x-queue-type": "quorum"} if quorum else None)
+    assert (made.exchange.type == "topic") is quorum
     assert options.get("broker_transport_options") == transport_options
     assert options.get("task_default_queue_type") == default_queue_type
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "queue_type", "queues", "quorum"),
+    [
+        ("amqp://h//", "quorum", None, True),
+        ("amqp://h//", "classic", None, False),
+        # a queue of CONVEYOR_QUEUES keeps its own type, and so does its .dead queue
+        ("amqp://h//", "quorum", '{"jobs": {"type": "classic"}}', False),
+        ("amqp://h//", "classic", '{"jobs": {"type": "quorum"}}', True),
+        ("redis://h", "quorum", None, False),
+    ],
+)
+def test_a_dead_letter_queue_is_of_its_queues_type(
+    monkeypatch: pytest.MonkeyPatch,
+    broker_url: str,
+    queue_type: str,
+    queues: str | None,
+    quorum: bool,
+) -> None:
+    env = {"CONVEYOR_BROKER_URL": broker_url, "CONVEYOR_QUEUE_TYPE": queue_type}
+    set_env(monkeypatch, {**env, **({"CONVEYOR_QUEUES": queues} if queues else {})})
+    app = create_app(load_settings())
+    dead = dead_letter_destination("jobs", quorum=dead_letters_quorum(app, "jobs"))
+    assert dead.name == "jobs.dead"
+    assert dead.as_dict()["queue_arguments"] == ({"x-queue-type": "quorum"} if quorum else None)
 
 
 def test_declared_queues_are_read_from_json(monkeypatch: pytest.MonkeyPatch) -> None:

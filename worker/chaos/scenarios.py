@@ -231,6 +231,39 @@ def _ledger_failover() -> Scenario:
     )
 
 
+def _rabbitmq_cluster() -> list[Scenario]:
+    from conveyor.worker.chaos.rabbit_cluster import (
+        cluster_services,
+        kill_queue_leader,
+        rolling_restart,
+    )
+
+    return [
+        Scenario(
+            "rabbitmq-node-loss",
+            "three-node RabbitMQ cluster, quorum queues: SIGKILL the node leading the run's "
+            "queue mid-run (twice); another member takes over, the killed node rejoins",
+            kill_queue_leader,
+            mix=Mix(sleep_ms=(500, 1500)),  # jobs still running when the kills come
+            services=cluster_services,
+            brokers=("rabbitmq",),
+        ),
+        Scenario(
+            "rabbitmq-rolling-restart",
+            "three-node RabbitMQ cluster, quorum queues: stop and start each node in turn, "
+            "as an upgrade would, waiting until the queues are in sync before the next",
+            rolling_restart,
+            # Under the chaos job's 2 s time limit, long enough to span three restarts.
+            mix=Mix(sleep_ms=(800, 1600)),
+            services=cluster_services,
+            brokers=("rabbitmq",),
+            # Two minutes at CI size; node-loss covers a leader that goes away in the
+            # default run, this clean hand-over runs in the full tier.
+            in_default_run=False,
+        ),
+    ]
+
+
 SCENARIOS = {
     scenario.name: scenario
     for scenario in [
@@ -279,5 +312,6 @@ SCENARIOS = {
         _redis_failover(),
         _partition(),
         _ledger_failover(),
+        *_rabbitmq_cluster(),
     ]
 }

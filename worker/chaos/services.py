@@ -324,6 +324,22 @@ class RabbitInstance:
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not _alive(pid), timeout_s=30, what="beam exit")
 
+    def processes(self) -> list[int]:
+        """The pids of this node's processes (its VM, a CLI call on it) still running: those
+        whose environment names the node (its name is not on the VM's command line)."""
+        mark = f"RABBITMQ_NODENAME={self.node}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environment = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if mark in environment and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        return found
+
     def stop(self) -> None:
         """Stop the node cleanly and wait until its VM is gone (killed after 60 s)."""
         pid = self.pid()  # the node removes its pid file as it stops
@@ -331,8 +347,9 @@ class RabbitInstance:
         if pid is not None:
             with suppress(RuntimeError):
                 wait_until(lambda: not _alive(pid), timeout_s=60, what="rabbitmq stop")
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        for leftover in self.processes():  # a VM that ignored the stop, or half started
+            with suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.worker.app import ConveyorApp
-from conveyor.worker.deadletter import JOB_ID_HEADER, dead_letter_destination
+from conveyor.worker.deadletter import (
+    JOB_ID_HEADER,
+    dead_letter_destination,
+    dead_letters_quorum,
+)
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.ledger.dead import DeadFilter, error_type_matches
 from conveyor.worker.models import AuditEntry, Job
@@ -149,7 +153,8 @@ def _remove_dead_letters(app: ConveyorApp, queue: str, job_ids: set[str]) -> int
     removed = 0
     kept = []
     with app.connection_for_write() as connection:
-        bound = dead_letter_destination(queue).bind(connection.default_channel)
+        destination = dead_letter_destination(queue, quorum=dead_letters_quorum(app, queue))
+        bound = destination.bind(connection.default_channel)
         bound.declare()
         while (message := bound.get(no_ack=False)) is not None:
             if (message.headers or {}).get(JOB_ID_HEADER) in job_ids:
