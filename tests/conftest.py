@@ -208,6 +208,43 @@ def drain_ids(broker_url: str, queue: str) -> list[str]:
     return ids
 
 
+def take_ids(broker_url: str, queue: str) -> list[str]:
+    """Like :func:`drain_ids`, quicker, for a queue whose messages are all on the broker
+    already (their publishers have stopped) and that nobody consumes.
+
+    On RabbitMQ each message is taken with a non-blocking get until the queue is empty (a
+    published message is in the queue once confirmed). On Redis a queue is one list per
+    priority step, under the names kombu's channel gives them: each list is read and
+    deleted in one transaction, instead of one round trip (or several) per message.
+    """
+    if not broker_url.startswith("redis"):
+        ids = []
+        with Connection(broker_url) as connection:
+            bound = connection.SimpleQueue(queue)
+            while True:
+                try:
+                    message = bound.get_nowait()
+                except bound.Empty:
+                    break
+                ids.append(message.headers["id"])
+                message.ack()
+            bound.close()
+        return ids
+    with Connection(broker_url) as connection:
+        channel: Any = connection.default_channel
+        keys = [channel._q_for_pri(queue, step) for step in channel.priority_steps]
+    client = redis.Redis.from_url(broker_url)
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            for key in dict.fromkeys(keys):
+                pipe.lrange(key, 0, -1)
+                pipe.delete(key)
+            replies = pipe.execute()
+    finally:
+        client.close()
+    return [json.loads(item)["headers"]["id"] for items in replies[::2] for item in items]
+
+
 @pytest.fixture
 def vhost_url() -> Iterator[str]:
     """A RabbitMQ vhost of this test's own, deleted afterwards with all it holds."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -172,7 +173,14 @@ def test_dead_jobs_keep_their_facts_then_replay_and_purge_are_audited(
     for job_id in (exhausted, fatal, doomed):
         wait_for(partial(is_state, app, job_id, JobState.DEAD))
 
-    shown = run_cli("dlq", "show", exhausted, "--json", env=env)
+    # Three commands that change nothing, run side by side (each is a process start-up).
+    with ThreadPoolExecutor(3) as pool:
+        showing = pool.submit(run_cli, "dlq", "show", exhausted, "--json", env=env)
+        dry_running = pool.submit(
+            run_cli, "dlq", "replay", exhausted, fatal, "--dry-run", "--json", env=env
+        )
+        refusing = pool.submit(run_cli, "dlq", "replay", env=env)
+        shown, dry, refused = showing.result(), dry_running.result(), refusing.result()
     assert shown.returncode == 0, shown.stderr
     letter = json.loads(shown.stdout)
     assert letter["reason"] == "exhausted"
@@ -183,10 +191,9 @@ def test_dead_jobs_keep_their_facts_then_replay_and_purge_are_audited(
     assert "RuntimeError" in letter["traceback"]
     assert letter["dead_at"] >= letter["created_at"]
 
-    dry = run_cli("dlq", "replay", exhausted, fatal, "--dry-run", "--json", env=env)
     assert json.loads(dry.stdout)["count"] == 2
     assert state_of(app, exhausted) == JobState.DEAD
-    refused = run_cli("dlq", "replay", env=env)
+    assert state_of(app, fatal) == JobState.DEAD
     assert refused.returncode == 1
     assert "pass --all" in refused.stderr
 

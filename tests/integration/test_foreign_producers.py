@@ -255,10 +255,10 @@ def test_a_plain_send_task_that_names_no_queue_runs_on_a_default_worker(
     for _ in range(3):
         producer.send_task("test.typed", kwargs={"count": 1}, queue=typo)
     producer.close()
+    port = free_port()
+    processes.start(env, "relay", "--metrics-port", str(port))  # starts up meanwhile
 
     assert {"celery": 1, typo: 3}.items() <= unconsumed_queues(env).items()
-    port = free_port()
-    processes.start(env, "relay", "--metrics-port", str(port))
 
     def scraped() -> dict[str, float]:
         try:

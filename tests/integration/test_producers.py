@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from conveyor.config import load_settings
 from conveyor.worker.app import ConveyorApp, create_app
-from conveyor.worker.client import cancel, enqueue, get_job
+from conveyor.worker.client import JobRequest, cancel, enqueue, enqueue_many, get_job
 from conveyor.worker.errors import JobNotFound
 from conveyor.worker.ledger import Ledger, NewJob
 from conveyor.worker.models import Job
@@ -30,6 +30,7 @@ from tests.conftest import (
     kill_group,
     queued_messages,
     retire_jobs,
+    take_ids,
     wait_for,
 )
 
@@ -92,11 +93,13 @@ def test_outbox_commit_publishes_once_and_rollback_never_existed(
 
 
 def outbox_rows(app: ConveyorApp, queue: str, count: int) -> list[str]:
+    """``count`` outbox rows, written in one transaction (one statement: enqueue_many)."""
+    request = JobRequest("test.sleep", {"s": 0}, queue=queue)
     with app.ledger.session() as session, session.begin():
-        return [
-            enqueue("test.sleep", {"s": 0}, queue=queue, session=session, app=app)
-            for _ in range(count)
-        ]
+        written = enqueue_many([request] * count, session=session, app=app)
+    ids = [job.id for job in written if job.id is not None]
+    assert len(set(ids)) == count
+    return ids
 
 
 def all_released(app: ConveyorApp, ids: list[str]) -> bool:
@@ -106,14 +109,15 @@ def all_released(app: ConveyorApp, ids: list[str]) -> bool:
 def test_two_relays_over_2000_outbox_rows_publish_each_exactly_once(
     app: ConveyorApp, env: dict[str, str], broker_url: str, queue: str, processes: Processes
 ) -> None:
+    # Both relays are up before the rows are (they start while the rows are written).
+    processes.start(env, "relay", "--poll", "0.05")
+    processes.start(env, "relay", "--poll", "0.05")
     ids = outbox_rows(app, queue, 2000)
-    processes.start(env, "relay", "--poll", "0.05")
-    processes.start(env, "relay", "--poll", "0.05")
-    wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.5)
+    wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.2)
     # Stopped before the drain: once it has emptied the queue, a relay would take the jobs,
     # still `queued` 30 s on, for stranded ones and publish them again (worker/relay.py).
     processes.stop_all()
-    published = drain_ids(broker_url, queue)
+    published = take_ids(broker_url, queue)
     assert len(published) == 2000
     assert Counter(published) == Counter(ids)
 
@@ -121,14 +125,16 @@ def test_two_relays_over_2000_outbox_rows_publish_each_exactly_once(
 def test_a_relay_killed_mid_batch_loses_nothing(
     app: ConveyorApp, env: dict[str, str], broker_url: str, queue: str, processes: Processes
 ) -> None:
-    ids = outbox_rows(app, queue, 2000)
     first = processes.start(env, "relay", "--poll", "0.05")
+    ids = outbox_rows(app, queue, 2000)
     wait_for(lambda: queued_messages(broker_url, queue) > 0, timeout_s=60, every_s=0.05)
-    kill_group(first)
+    # The first relay leads (it published); the second starts up while the killed one's
+    # leadership runs out, and takes over then.
     processes.start(env, "relay", "--poll", "0.05")
-    wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.5)
+    kill_group(first)
+    wait_for(lambda: all_released(app, ids), timeout_s=180, every_s=0.2)
     processes.stop_all()  # before the drain, as above
-    published = drain_ids(broker_url, queue)
+    published = take_ids(broker_url, queue)
     assert set(published) == set(ids)  # none lost; a row published just before the kill
     assert len(published) >= len(ids)  # may go out twice, and the worker's claim drops it
 

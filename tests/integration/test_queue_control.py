@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,12 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
     result = run_cli("queues", "pause", paused, "--reason", "deploy", env=control_env)
     assert result.returncode == 0, result.stderr
     assert f"paused {paused}" in result.stdout
+    # A worker started after the pause does not consume it either (it starts up meanwhile).
+    second = start(processes, control_env, "-Q", paused, "-c", "2")
     again = run_cli("queues", "pause", paused, env=control_env)
     assert "paused already" in again.stdout
     # The running worker lets go of the paused queue and keeps the other one.
     wait_for(lambda: consumed(producer, first) == {other}, timeout_s=30)
-    # A worker started after the pause does not consume it either.
-    second = start(processes, control_env, "-Q", paused, "-c", "2")
     wait_for(lambda: consumed(producer, second) == set(), timeout_s=60)
 
     name = new_counter(producer)
@@ -94,12 +95,14 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
     ran = enqueue("test.count", {"counter": new_counter(producer)}, queue=other, app=producer)
     # The other queue still runs (proof that the workers are alive and consuming) ...
     wait_for(lambda: state_of(producer, ran) == JobState.SUCCEEDED, timeout_s=60)
-    time.sleep(2.0)  # two more polls of the pauses by each worker
+    ran_at = time.monotonic()
+    listed = {q["name"]: q for q in cli_json("queues", env=control_env)["queues"]}
+    # Two more polls of the pauses by each worker (the command above took most of them) ...
+    time.sleep(max(0.0, ran_at + 2.0 - time.monotonic()))
     # ... while every job of the paused queue waits, unstarted.
     states = {state_of(producer, job_id) for job_id in held}
     assert states == {JobState.QUEUED}
     assert counter_value(producer, name) == 0
-    listed = {q["name"]: q for q in cli_json("queues", env=control_env)["queues"]}
     assert listed[paused]["paused"] is True
     assert listed[paused]["depth"] == 20
     assert other not in listed  # nothing of it waits: it is listed only when paused
@@ -107,10 +110,13 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
     result = run_cli("queues", "resume", paused, env=control_env)
     assert result.returncode == 0, result.stderr
     assert f"resumed {paused}" in result.stdout
-    wait_for(
-        lambda: all(state_of(producer, j) == JobState.SUCCEEDED for j in held),
-        timeout_s=120,
-    )
+    with ThreadPoolExecutor(1) as pool:  # the audit is read while the jobs run
+        auditing = pool.submit(cli_json, "dlq", "audit", env=control_env)
+        wait_for(
+            lambda: all(state_of(producer, j) == JobState.SUCCEEDED for j in held),
+            timeout_s=120,
+        )
+        audit = auditing.result()
     # Each ran exactly once: one effect per job, the counter at 20, one attempt each.
     assert counter_value(producer, name) == 20
     assert effects_per_job(producer, held) == dict.fromkeys(held, 1)
@@ -118,7 +124,6 @@ def test_a_paused_queue_runs_nothing_on_any_worker_until_resumed(
     # Both consume it again (each within a poll of the resume).
     wait_for(lambda: consumed(producer, first) == {paused, other}, timeout_s=30)
     wait_for(lambda: consumed(producer, second) == {paused}, timeout_s=30)
-    audit = cli_json("dlq", "audit", env=control_env)
     actions = [(e["action"], e["filters"].get("queue")) for e in audit]
     assert ("pause", paused) in actions
     assert ("resume", paused) in actions
@@ -152,7 +157,14 @@ def test_scale_apply_grows_shrinks_and_adds_a_queue_to_a_running_worker(
     node = start(processes, control_env, "-Q", queue, "-c", "1")
     wait_for(lambda: pool_size(producer, node) == 1, timeout_s=60)
 
-    report = cli_json("scale", env=control_env)
+    # The report and a dry run side by side: neither changes anything.
+    with ThreadPoolExecutor(2) as pool:
+        reporting = pool.submit(cli_json, "scale", env=control_env)
+        dry = pool.submit(scale_apply, control_env, node, "--grow", "2", "--dry-run").result()
+        dry_at = time.monotonic()
+        report = reporting.result()
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run" in dry.stdout
     (me,) = [w for w in report["workers"] if w["name"] == node]
     assert me == {
         "name": node,
@@ -162,31 +174,31 @@ def test_scale_apply_grows_shrinks_and_adds_a_queue_to_a_running_worker(
         "autoscale": None,
     }
     assert {q["name"] for q in report["queues"]} >= {queue}
-
-    dry = scale_apply(control_env, node, "--grow", "2", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert "dry run" in dry.stdout
-    time.sleep(1.0)
+    time.sleep(max(0.0, dry_at + 1.0 - time.monotonic()))
     assert pool_size(producer, node) == 1
 
-    grown = scale_apply(control_env, node, "--grow", "2")
+    # Two changes at once, each to what the other leaves alone: the pool, the queues.
+    with ThreadPoolExecutor(2) as pool:
+        growing = pool.submit(scale_apply, control_env, node, "--grow", "2")
+        adding = pool.submit(scale_apply, control_env, node, "--add-queue", extra, "--json")
+        grown, added = growing.result(), adding.result()
     assert grown.returncode == 0, grown.stderr
-    wait_for(lambda: pool_size(producer, node) == 3, timeout_s=30)
-    # The same commands in-process (what `scale apply` runs after its checks).
-    answer = apply(producer, plan(producer.settings, fleet(producer), worker=node, shrink=1))
-    assert "shrink" in answer
-    wait_for(lambda: pool_size(producer, node) == 2, timeout_s=30)
-
-    added = scale_apply(control_env, node, "--add-queue", extra, "--json")
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["command"] == "add_consumer"
+    wait_for(lambda: pool_size(producer, node) == 3, timeout_s=30)
     wait_for(lambda: consumed(producer, node) == {queue, extra}, timeout_s=30)
+    # The same commands in-process, as `scale apply` runs them: the fleet asked of the one
+    # worker (which answers at once; the whole fleet is waited for a full second, twice).
+    workers = fleet(producer, only=node)
+    answer = apply(producer, plan(producer.settings, workers, worker=node, shrink=1))
+    assert "shrink" in answer
+    wait_for(lambda: pool_size(producer, node) == 2, timeout_s=30)
     job_id = enqueue("test.sleep", {"s": 0}, queue=extra, app=producer)
     wait_for(lambda: state_of(producer, job_id) == JobState.SUCCEEDED, timeout_s=60)
 
     apply(
         producer,
-        plan(producer.settings, fleet(producer), worker=node, cancel_queue=extra),
+        plan(producer.settings, fleet(producer, only=node), worker=node, cancel_queue=extra),
     )
     wait_for(lambda: consumed(producer, node) == {queue}, timeout_s=30)
 

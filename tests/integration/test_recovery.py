@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from conveyor.config import load_settings
 from conveyor.worker.app import ConveyorApp, create_app
-from conveyor.worker.client import enqueue, get_job
+from conveyor.worker.client import JobRequest, enqueue, enqueue_many, get_job
 from conveyor.worker.ledger import WORKER_LOST
 from tests.conftest import (
     ROOT,
@@ -173,17 +173,22 @@ def test_effects_are_exactly_once_across_a_worker_sigkill(
     start_worker: WorkerFactory,
     start_relay: ProcessFactory,
 ) -> None:
-    """1,000 jobs each add 1 through ctx.session; the worker is SIGKILLed mid-run."""
+    """1,000 jobs each add 1 through ctx.session; the worker is SIGKILLed mid-run.
+
+    The jobs go out in one batch (the producer is not what is under test). The worker that
+    finishes them starts once the first one is running, so that it starts up while the
+    first works rather than after the kill; both take jobs until the kill.
+    """
     counter = new_counter(app)
-    ids = [
-        enqueue("test.count", {"counter": counter, "sleep_ms": 5}, queue=queue, app=app)
-        for _ in range(1000)
-    ]
     start_relay(env)
     worker = start_worker(env, queue)
+    request = JobRequest("test.count", {"counter": counter, "sleep_ms": 5}, queue=queue)
+    ids = [job.id for job in enqueue_many([request] * 1000, app=app) if job.id is not None]
+    assert len(ids) == 1000
+    wait_for(lambda: counter_value(app, counter) >= 1, timeout_s=120)  # it is consuming
+    start_worker(env, queue)
     wait_for(lambda: counter_value(app, counter) >= 200, timeout_s=120)
     kill_group(worker)
-    start_worker(env, queue)
 
     def all_done() -> bool:
         counts = app.ledger.count_by_state(ids=ids)
