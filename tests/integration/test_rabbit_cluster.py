@@ -29,7 +29,10 @@ from conveyor.worker.app import create_app
 from conveyor.worker.chaos.rabbit_cluster import NODES, RabbitCluster
 from conveyor.worker.deadletter import dead_letter_destination, dead_letters_quorum
 
-pytestmark = pytest.mark.integration
+# In the full tier: a cluster costs 30-50 s to start, and the default run's
+# rabbitmq-node-loss chaos run already checks, on a cluster of its own, that no confirmed
+# message is lost when the queue's leader is SIGKILLed.
+pytestmark = [pytest.mark.integration, pytest.mark.full]
 
 BEFORE = 100
 AFTER = 100

@@ -244,7 +244,7 @@ def _rabbitmq_cluster() -> list[Scenario]:
             "three-node RabbitMQ cluster, quorum queues: SIGKILL the node leading the run's "
             "queue mid-run (twice); another member takes over, the killed node rejoins",
             kill_queue_leader,
-            mix=Mix(sleep_ms=(500, 1500)),  # jobs still running when the kills come
+            mix=Mix(sleep_ms=(300, 900)),  # jobs still running when the kills come
             services=cluster_services,
             brokers=("rabbitmq",),
         ),
