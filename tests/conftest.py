@@ -192,14 +192,15 @@ def queued_messages(broker_url: str, queue: str) -> int:
     return int(count)
 
 
-def drain_ids(broker_url: str, queue: str) -> list[str]:
-    """Take every message off ``queue`` and return the job ids they carry."""
+def drain_ids(broker_url: str, queue: str, *, wait: bool = True) -> list[str]:
+    """Take every message off ``queue`` and return the job ids they carry; done once none
+    came for a second (``wait=False``: once the queue is empty)."""
     ids = []
     with Connection(broker_url) as connection:
         bound = connection.SimpleQueue(queue)
         while True:
             try:
-                message = bound.get(block=True, timeout=1)
+                message = bound.get(block=wait, timeout=1 if wait else None)
             except bound.Empty:
                 break
             ids.append(message.headers["id"])
@@ -218,18 +219,7 @@ def take_ids(broker_url: str, queue: str) -> list[str]:
     deleted in one transaction, instead of one round trip (or several) per message.
     """
     if not broker_url.startswith("redis"):
-        ids = []
-        with Connection(broker_url) as connection:
-            bound = connection.SimpleQueue(queue)
-            while True:
-                try:
-                    message = bound.get_nowait()
-                except bound.Empty:
-                    break
-                ids.append(message.headers["id"])
-                message.ack()
-            bound.close()
-        return ids
+        return drain_ids(broker_url, queue, wait=False)
     with Connection(broker_url) as connection:
         channel: Any = connection.default_channel
         keys = [channel._q_for_pri(queue, step) for step in channel.priority_steps]
