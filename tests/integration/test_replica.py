@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from conveyor.config import load_settings
 from conveyor.worker.api.pagination import JobFilter, page
 from conveyor.worker.ledger import Ledger, NewJob
+from conveyor.worker.ledger.dead import DeadFilter
+from conveyor.worker.models import Job, utcnow
 from conveyor.worker.operations.stats import queue_stats
 from tests.conftest import REDIS_URL, create_ledger, drop_database, run_cli
 
@@ -72,6 +75,21 @@ def test_lists_and_gauges_are_read_on_the_replica(
     assert [job.id for job in listed] == [on_replica.id]
     stats = {q["name"]: q for q in queue_stats(ledger)["queues"]}
     assert stats[queue]["depth"] == 1
+
+
+def test_dead_letter_lists_read_on_the_replica_and_previews_on_the_primary(
+    ledger: Ledger, rows: tuple[str, NewJob, NewJob], two_ledgers: tuple[str, str]
+) -> None:
+    queue, on_primary, on_replica = rows
+    for url, job in zip(two_ledgers, (on_primary, on_replica), strict=True):
+        with Ledger(load_settings(database_url=url).database).transaction() as session:
+            session.execute(
+                update(Job).where(Job.id == job.id).values(state="dead", finished_at=utcnow())
+            )
+    where = DeadFilter(queue=queue)
+    assert [job.id for job in ledger.dead(where, lagging=True)] == [on_replica.id]
+    # What a replay or purge would act on (and its dry run shows) is read on the primary.
+    assert [job.id for job in ledger.dead(where)] == [on_primary.id]
 
 
 def test_writes_and_single_job_reads_stay_on_the_primary(

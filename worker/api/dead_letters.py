@@ -85,7 +85,11 @@ def dead_letters_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         where = DeadFilter(
             queue=queue, task=task, error_type=error_type, reason=reason, since=since, until=until
         )
-        return {"items": [dead_letter_view(job) for job in list_dead(app, where, limit=limit)]}
+        return {
+            "items": [
+                dead_letter_view(job) for job in list_dead(app, where, limit=limit, lagging=True)
+            ]
+        }
 
     @router.get(
         "/{job_id}",

@@ -82,7 +82,9 @@ def dlq() -> None:
 def dlq_list(state: State, /, limit: int, as_json: bool, **options: str | None) -> None:
     """List dead jobs, oldest first."""
     where = dead_filter((), False, options, needs_scope=False)
-    views = [dead_letter_view(job) for job in list_dead(state.app, where, limit=limit)]
+    views = [
+        dead_letter_view(job) for job in list_dead(state.app, where, limit=limit, lagging=True)
+    ]
     if as_json:
         emit_json(views)
         return

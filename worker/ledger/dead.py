@@ -118,10 +118,11 @@ class DeadLetterStore(Database):
                     .values(**dead)
                 )
 
-    def dead(self, where: DeadFilter, *, limit: int = 100) -> Sequence[Job]:
-        """Dead jobs matching ``where``, not yet replayed, oldest death first (on the
-        replica, if any: for lists; replay and purge select on the primary)."""
-        with self.lagging_session() as session:
+    def dead(self, where: DeadFilter, *, limit: int = 100, lagging: bool = False) -> Sequence[Job]:
+        """Dead jobs matching ``where``, not yet replayed, oldest death first; with
+        ``lagging``, on the read replica if there is one (for lists, not for the previews
+        of a replay or purge, which must show what the primary would act on)."""
+        with self.lagging_session() if lagging else self.session() as session:
             return session.scalars(where.query().limit(limit)).all()
 
     def replay(

@@ -77,8 +77,11 @@ def dead_letter_view(job: Job, *, traceback: bool = False) -> dict[str, Any]:
     return view
 
 
-def list_dead(app: ConveyorApp, where: DeadFilter, *, limit: int = 100) -> Sequence[Job]:
-    return app.ledger.dead(where, limit=limit)
+def list_dead(
+    app: ConveyorApp, where: DeadFilter, *, limit: int = 100, lagging: bool = False
+) -> Sequence[Job]:
+    """The matching dead jobs (``lagging``: on the read replica, if any; for lists)."""
+    return app.ledger.dead(where, limit=limit, lagging=lagging)
 
 
 def replay(
