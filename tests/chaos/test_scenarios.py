@@ -56,12 +56,7 @@ EVERY_RUN = [
     for name in sorted(SCENARIOS)
     for broker in SCENARIOS[name].brokers
 ]
-DEFAULT_RUN = [
-    pytest.param(name, broker, id=f"{name}-{broker}")
-    for name in sorted(SCENARIOS)
-    for broker in SCENARIOS[name].brokers
-    if SCENARIOS[name].in_default_run
-]
+DEFAULT_RUN = [run for run in EVERY_RUN if SCENARIOS[str(run.values[0])].in_default_run]
 
 
 def delete_run_queues(stderr: str) -> None:

@@ -113,7 +113,7 @@ def standard_services(request: Request, cleanup: ExitStack) -> Services:
         cleanup.callback(instance.stop)
         broker_url = instance.url
     else:
-        broker_url = request.redis_url if request.broker == "redis" else request.amqp_url
+        broker_url = request.shared_broker_url
     database: PostgresInstance | None = None
     if scenario.own_database:
         database = PostgresInstance(workdir / "pg")
@@ -122,9 +122,7 @@ def standard_services(request: Request, cleanup: ExitStack) -> Services:
         cleanup.callback(database.stop)
         db_url = database.url
     else:
-        db_url = cleanup.enter_context(
-            scratch_database(request.pg_url, f"conveyor_chaos_{uuid.uuid4().hex[:10]}")
-        )
+        db_url = request.scratch_database(cleanup)
     return Services(broker_url, db_url, broker=instance, database=database)
 
 
@@ -161,8 +159,9 @@ def run(
         )
         broker_url, db_url = topology.broker_url, topology.db_url
         progress(f"run {run_id}: broker {topology.describe()}, workdir {workdir}")
-        upgrade(sqlalchemy_url(db_url))
-        engine = make_engine(sqlalchemy_url(db_url))
+        ledger_url = sqlalchemy_url(db_url)
+        upgrade(ledger_url)
+        engine = make_engine(ledger_url)
         chaos_metadata.create_all(engine)
         engine.dispose()
         worker_broker_url, proxy = broker_url, None

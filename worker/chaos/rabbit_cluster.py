@@ -256,18 +256,14 @@ def marker_queue(name: str) -> Queue:
 def cluster_services(request: Request, cleanup: ExitStack) -> Services:
     """A topology (:class:`~worker.chaos.scenarios.Scenario`): a three-node RabbitMQ
     cluster with quorum queues, and a scratch database on the shared PostgreSQL."""
-    from conveyor.worker.chaos.harness import scratch_database
     from conveyor.worker.chaos.scenarios import Services
 
     cluster = RabbitCluster(request.workdir / "rabbitmq")
     cleanup.callback(cluster.stop)
     cluster.start()
-    db_url = cleanup.enter_context(
-        scratch_database(request.pg_url, f"conveyor_chaos_{uuid.uuid4().hex[:10]}")
-    )
     return Services(
         cluster.url,
-        db_url,
+        request.scratch_database(cleanup),
         broker=cluster,
         env={"CONVEYOR_QUEUE_TYPE": "quorum"},
         settings={"queue_type": "quorum"},
@@ -301,10 +297,8 @@ def kill_queue_leader(faults: Faults) -> None:
         took_s = cluster.wait_for_new_leader(queue, old)
         lost = len(published - cluster.drain_markers(markers))
         faults.counts["rabbitmq_leader_killed"] += 1
-        faults.figures["leader_change_s_max"] = round(
-            max(took_s, faults.figures.get("leader_change_s_max", 0)), 2
-        )
-        faults.figures["messages_lost"] = faults.figures.get("messages_lost", 0) + lost
+        faults.record_most("leader_change_s_max", took_s)
+        faults.record_sum("messages_lost", lost)
         cluster.restart(old, queue)
         if faults.counts["rabbitmq_leader_killed"] >= KILLS:
             break
@@ -337,5 +331,5 @@ def rolling_restart(faults: Faults) -> None:
         took_s = round(time.monotonic() - started, 2)
         faults.counts["rabbitmq_node_restarted"] += 1
         faults.figures[f"restart_s_{number}"] = took_s
-        faults.figures["restart_s_max"] = max(took_s, faults.figures.get("restart_s_max", 0))
+        faults.record_most("restart_s_max", took_s)
     faults.stop.wait()

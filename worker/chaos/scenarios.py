@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -42,6 +43,19 @@ class Request:
     pg_url: str
     redis_url: str
     amqp_url: str
+
+    @property
+    def shared_broker_url(self) -> str:
+        """The machine's shared broker of the run's kind."""
+        return self.redis_url if self.broker == "redis" else self.amqp_url
+
+    def scratch_database(self, cleanup: ExitStack) -> str:
+        """A fresh database of the run's own on the shared PostgreSQL, dropped with the
+        run; its URL."""
+        from conveyor.worker.chaos.harness import scratch_database
+
+        name = f"conveyor_chaos_{uuid.uuid4().hex[:10]}"
+        return cleanup.enter_context(scratch_database(self.pg_url, name))
 
 
 @dataclass
@@ -91,6 +105,14 @@ class Faults:
     budget: int | None = None
     """Faults to inject at most (None: until the run is over). CI-size runs are bounded so
     that their length is set by the jobs, not by faults that keep coming until the end."""
+
+    def record_most(self, name: str, value: float) -> None:
+        """Keep the largest ``value`` seen as figure ``name`` (e.g. the longest failover)."""
+        self.figures[name] = round(max(value, self.figures.get(name, 0)), 2)
+
+    def record_sum(self, name: str, value: float) -> None:
+        """Add ``value`` to figure ``name`` (e.g. messages lost over every fault)."""
+        self.figures[name] = self.figures.get(name, 0) + value
 
     def pause(self, low_s: float, high_s: float) -> bool:
         """Wait a seeded while (the first time, under a second); False once the run is over

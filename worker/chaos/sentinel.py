@@ -14,7 +14,6 @@ import json
 import signal
 import subprocess
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,18 +171,14 @@ class SentinelGroup:
 def sentinel_services(request: Request, cleanup: ExitStack) -> Services:
     """A topology (:class:`~worker.chaos.scenarios.Scenario`): Redis behind Sentinels,
     and a scratch database on the shared PostgreSQL."""
-    from conveyor.worker.chaos.harness import scratch_database
     from conveyor.worker.chaos.scenarios import Services
 
     group = SentinelGroup(request.workdir / "sentinel")
     cleanup.callback(group.stop)
     group.start()
-    db_url = cleanup.enter_context(
-        scratch_database(request.pg_url, f"conveyor_chaos_{uuid.uuid4().hex[:10]}")
-    )
     return Services(
         group.url,
-        db_url,
+        request.scratch_database(cleanup),
         broker=group,
         env={"CONVEYOR_REDIS_SENTINEL_MASTER": MASTER},
         settings={"redis_sentinel_master": MASTER},
@@ -207,10 +202,8 @@ def fail_over(faults: Faults) -> None:
         took_s = group.wait_for_new_primary(old)
         lost = len(held - group.job_ids(queue))
         faults.counts["redis_primary_killed"] += 1
-        faults.figures["failover_s_max"] = round(
-            max(took_s, faults.figures.get("failover_s_max", 0)), 2
-        )
-        faults.figures["messages_lost"] = faults.figures.get("messages_lost", 0) + lost
+        faults.record_most("failover_s_max", took_s)
+        faults.record_sum("messages_lost", lost)
         old.start()
         if faults.counts["redis_primary_killed"] >= 2:
             break

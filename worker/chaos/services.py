@@ -68,12 +68,12 @@ class RedisInstance:
             self._process.wait(30)
 
 
-def _as_postgres(command: list[str]) -> list[str]:
+def as_postgres(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: drop to the postgres user when we are root."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     found = shutil.which(name) or next(
         iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
     )
@@ -109,9 +109,7 @@ class PostgresInstance:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
         subprocess.run(
-            _as_postgres(
-                [_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
-            ),
+            as_postgres([pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]),
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -128,9 +126,9 @@ class PostgresInstance:
         for name, value in self.settings.items():
             options += f" -c {shlex.quote(f'{name}={value}')}"
         subprocess.run(
-            _as_postgres(
+            as_postgres(
                 [
-                    _pg_bin("pg_ctl"),
+                    pg_bin("pg_ctl"),
                     "-D",
                     str(self.data),
                     "-o",
@@ -152,7 +150,7 @@ class PostgresInstance:
 
     def stop(self) -> None:
         subprocess.run(
-            _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+            as_postgres([pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
             check=False,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

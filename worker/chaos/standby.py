@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from conveyor.worker.chaos.services import PostgresInstance, _as_postgres, _pg_bin, wait_until
+from conveyor.worker.chaos.services import PostgresInstance, as_postgres, pg_bin, wait_until
 
 if TYPE_CHECKING:  # the scenarios import this module for their topology
     from conveyor.worker.chaos.scenarios import Faults, Request, Services
@@ -94,9 +94,9 @@ class StandbyPair:
         if os.geteuid() == 0:
             shutil.chown(folder, "postgres", "postgres")
         subprocess.run(
-            _as_postgres(
+            as_postgres(
                 [
-                    _pg_bin("pg_basebackup"),
+                    pg_bin("pg_basebackup"),
                     *("-D", str(self.standby.data), "-h", "127.0.0.1"),
                     *("-p", str(self.primary.port), "-U", "postgres"),
                     *("-X", "stream", "-C", "-S", SLOT, "-R", "-c", "fast", "--no-sync"),
@@ -132,7 +132,7 @@ class StandbyPair:
         it is checked and, if set, cleared with ALTER SYSTEM and a reload.
         """
         subprocess.run(
-            _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.standby.data), "-w", "promote"]),
+            as_postgres([pg_bin("pg_ctl"), "-D", str(self.standby.data), "-w", "promote"]),
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -205,8 +205,7 @@ def standby_services(request: Request, cleanup: ExitStack) -> Services:
     )
     cleanup.callback(pair.stop)
     pair.start()
-    broker_url = request.redis_url if request.broker == "redis" else request.amqp_url
-    return Services(broker_url, pair.url, database=pair)
+    return Services(request.shared_broker_url, pair.url, database=pair)
 
 
 def fail_over_ledger(faults: Faults) -> None:
