@@ -26,19 +26,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.config.errors import ConfigError
-from conveyor.worker.constants import DEAD_LETTER_SUFFIX
-
-BROKER_SCHEMES = (
-    "redis",
-    "rediss",
-    "sentinel",
-    "amqp",
-    "amqps",
-    "pyamqp",
-    "sqla+sqlite",
-    "sqla+postgresql",
-)
-DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+from conveyor.config.urls import BROKER_SCHEMES, DATABASE_SCHEMES, check_scheme
+from conveyor.config.urls import sqlalchemy_url as sqlalchemy_url  # re-exported
+from conveyor.worker.constants import DEAD_LETTER_SUFFIX, LEASE_S
 
 
 class BrokerKind(StrEnum):
@@ -137,6 +127,12 @@ class Settings(BaseSettings):
         3600, gt=0, description="Redis: seconds before an unacknowledged message is re-delivered."
     )
     task_time_limit_s: int = Field(300, gt=0, description="Hard time limit for any job.")
+    job_lease_s: float = Field(
+        LEASE_S,
+        gt=0,
+        description="How long a worker's claim on a running job lasts unless its heartbeat "
+        "renews it (every 0.3 of it): a vanished worker's jobs run again this long later.",
+    )
     worker_concurrency: int = Field(2, gt=0, le=256)
     shutdown_timeout_s: float = Field(
         30.0,
@@ -171,8 +167,30 @@ class Settings(BaseSettings):
     api_rate_limit_per_s: float = Field(
         100.0, gt=0, description="HTTP API: requests per second allowed per API key (429 above)."
     )
+    console_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Console: who may sign in with a password, comma-separated "
+        "`name:role:hash` (`conveyor console hash-password`); API keys can always sign in.",
+    )
+    console_session_s: int = Field(
+        28_800, gt=0, le=604_800, description="Console: how long a sign-in lasts."
+    )
+    console_trace_url: str | None = Field(
+        None, description="Console: a trace's address in the tracing UI, with `{trace_id}`."
+    )
     idempotency_window_s: int = Field(
         86_400, gt=0, description="How long an idempotency key maps to the same job."
+    )
+    retention_succeeded_s: int = Field(
+        604_800,
+        description="Seconds succeeded and cancelled jobs (and replayed dead ones) stay in the "
+        "ledger after they finish; 0 or less: for ever.",
+    )
+    retention_dead_s: int = Field(
+        2_592_000, description="Seconds dead jobs stay after they died; 0 or less: for ever."
+    )
+    retention_every_s: float = Field(
+        60.0, gt=0, description="How often the relay's leader prunes expired jobs."
     )
     sentry_dsn: SecretStr | None = Field(
         None, description="Sentry DSN; unset means nothing is reported to Sentry."
@@ -213,6 +231,7 @@ class Settings(BaseSettings):
         "broker_api_url",
         "otlp_endpoint",
         "release",
+        "console_trace_url",
         mode="before",
     )
     @classmethod
@@ -220,7 +239,7 @@ class Settings(BaseSettings):
         # `X=${X:-}` in a compose file passes an empty string: that means "not set".
         return None if value == "" else value
 
-    @field_validator("task_modules", mode="before")
+    @field_validator("task_modules", "console_users", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -233,7 +252,7 @@ class Settings(BaseSettings):
         if value is not None:
             # kombu's failover list: several URLs joined by ";" (Sentinel, or RabbitMQ nodes).
             for url in value.get_secret_value().split(";"):
-                _check_scheme(url.strip(), BROKER_SCHEMES, need_host=True)
+                check_scheme(url.strip(), BROKER_SCHEMES, need_host=True)
         return value
 
     @field_validator("database_url", "database_replica_url")
@@ -241,7 +260,7 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             # No host is fine here: PostgreSQL may be reached over a Unix socket.
-            _check_scheme(value.get_secret_value(), DATABASE_SCHEMES, need_host=False)
+            check_scheme(value.get_secret_value(), DATABASE_SCHEMES, need_host=False)
         return value
 
     @field_validator("queues")
@@ -351,32 +370,6 @@ def package_version() -> str:
         return version("conveyor")
     except PackageNotFoundError:
         return "0"
-
-
-def sqlalchemy_url(url: str) -> str:
-    """``url`` for SQLAlchemy: PostgreSQL pinned to the psycopg 3 driver, and libpq's
-    multi-host netloc (``h1:p1,h2:p2``), which SQLAlchemy cannot parse, rewritten as its
-    ``?host=h1:p1&host=h2:p2`` form; psycopg hands libpq the same list either way."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    parts = urlsplit(url)
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    if not parts.scheme.startswith("postgresql") or "," not in hosts:
-        return url
-    query = "&".join([*(f"host={host}" for host in hosts.split(",")), *filter(None, [parts.query])])
-    netloc = f"{credentials}@" if credentials else ""
-    # Built by hand: urlunsplit drops the "//" of an empty netloc.
-    return f"{parts.scheme}://{netloc}{parts.path}?{query}"
-
-
-def _check_scheme(url: str, allowed: tuple[str, ...], *, need_host: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in allowed:
-        raise ValueError(
-            f"unsupported scheme {parts.scheme or '(none)'!r}; expected one of {', '.join(allowed)}"
-        )
-    if need_host and not parts.scheme.startswith("sqla") and not parts.hostname:
-        raise ValueError("the URL names no host")
 
 
 def load_settings(**overrides: Any) -> Settings:

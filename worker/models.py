@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -115,14 +116,66 @@ class Job(Base):
     """W3C trace context of the enqueue (tracing on): the relay publishes the job in it."""
     tracestate: Mapped[str | None] = mapped_column(Text)
 
+    # As migration 0010 left them (its docstring and docs/console.md say why): full
+    # indexes for the lists' filters, partial ones where only a few rows need an entry.
     __table_args__ = (
-        Index("ix_conveyor_jobs_state_queue", "state", "queue"),
-        Index("ix_conveyor_jobs_task_created", "task", "created_at"),
         Index("ix_conveyor_jobs_created_id", "created_at", "id"),
-        Index("ix_conveyor_jobs_state_run_at", "state", "run_at"),
-        Index("ix_conveyor_jobs_state_lease", "state", "lease_expires_at"),
-        Index("ix_conveyor_jobs_replay_of", "replay_of"),
-        Index("ix_conveyor_jobs_state_finished", "state", "finished_at"),
+        Index("ix_conveyor_jobs_task_created", "task", "created_at"),
+        Index("ix_conveyor_jobs_state_created", "state", "created_at", "id"),
+        Index("ix_conveyor_jobs_queue_created", "queue", "created_at", "id"),
+        Index(
+            "ix_conveyor_jobs_payload",
+            "payload",
+            postgresql_using="gin",
+            postgresql_ops={"payload": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_conveyor_jobs_open",
+            "queue",
+            "state",
+            "updated_at",
+            postgresql_where=text(
+                "state IN ('queued', 'running', 'scheduled') "
+                "OR (state = 'dead' AND replayed_as IS NULL)"
+            ),
+            sqlite_where=text(
+                "state IN ('queued', 'running', 'scheduled') "
+                "OR (state = 'dead' AND replayed_as IS NULL)"
+            ),
+        ),
+        Index(
+            "ix_conveyor_jobs_due",
+            "run_at",
+            postgresql_where=text("state = 'scheduled'"),
+            sqlite_where=text("state = 'scheduled'"),
+        ),
+        Index(
+            "ix_conveyor_jobs_leases",
+            "lease_expires_at",
+            postgresql_where=text("state = 'running'"),
+            sqlite_where=text("state = 'running'"),
+        ),
+        Index(
+            "ix_conveyor_jobs_finished",
+            "state",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_conveyor_jobs_dead_letters",
+            "finished_at",
+            "id",
+            postgresql_include=["task", "error_type", "queue"],
+            postgresql_where=text("state = 'dead' AND replayed_as IS NULL"),
+            sqlite_where=text("state = 'dead' AND replayed_as IS NULL"),
+        ),
+        Index(
+            "ix_conveyor_jobs_replays",
+            "replay_of",
+            postgresql_where=text("replay_of IS NOT NULL"),
+            sqlite_where=text("replay_of IS NOT NULL"),
+        ),
     )
 
 
@@ -134,6 +187,7 @@ class JobAttempt(Base):
     """
 
     __tablename__ = "conveyor_job_attempts"
+    __table_args__ = (Index("ix_conveyor_job_attempts_outcome_finished", "outcome", "finished_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(
@@ -146,6 +200,9 @@ class JobAttempt(Base):
     delay_s: Mapped[float | None] = mapped_column(Float)
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    """The worker that ran the attempt (``hostname``, as Celery names it)."""
 
 
 class AuditEntry(Base):
@@ -161,6 +218,25 @@ class AuditEntry(Base):
     filters: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     job_ids: Mapped[list[str]] = mapped_column(JSONDocument)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class ConsoleSession(Base):
+    """One signed-in console user (:mod:`worker.console.access`). The cookie holds a random
+    token; only its SHA-256 is kept, so a leaked ledger opens no session. Deleting the row
+    (logging out, or expiry) ends the session at once in every API process."""
+
+    __tablename__ = "conveyor_console_sessions"
+    __table_args__ = (Index("ix_conveyor_console_sessions_expires", "expires_at"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    """Who, as audit entries name them: ``apikey:<name>`` or ``user:<name>``."""
+    role: Mapped[str] = mapped_column(String(16))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(36))
+    """The API key signed in with, if any: revoking it ends the session."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class ApiKey(Base):

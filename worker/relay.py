@@ -8,7 +8,10 @@ Each pass it
   (killed, frozen, cut off) is put back on its queue, counting the lost attempt;
 - **republishes stranded jobs**: ``queued`` jobs older than :data:`STRANDED_AFTER_S` whose
   queue on the broker is empty lost their message (see
-  :meth:`~worker.ledger.Ledger.republish_stranded`); checked every few seconds.
+  :meth:`~worker.ledger.Ledger.republish_stranded`); checked every few seconds;
+- **prunes finished jobs** past their retention (``CONVEYOR_RETENTION_*``,
+  :mod:`worker.ledger.retention`) every ``CONVEYOR_RETENTION_EVERY_S``, a few short
+  batches a pass, and on the next pass again while a backlog remains.
 
 Every worker runs the relay's duty too (``CONVEYOR_RELAY_IN_WORKERS``, on by default), and
 ``conveyor relay`` runs it on its own; among all of them one leader acts at a time
@@ -28,7 +31,9 @@ from pathlib import Path
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.constants import RELAY_BATCH, RELAY_POLL_S
 from conveyor.worker.leader import Leadership
+from conveyor.worker.ledger.retention import Pruned, RetentionPolicy, prune
 from conveyor.worker.models import Job
+from conveyor.worker.observability.metrics import JOBS_PRUNED
 from conveyor.worker.observability.probes import Liveness
 from conveyor.worker.operations.broker import depths
 from conveyor.worker.outcomes import Event, JobEvent
@@ -55,6 +60,7 @@ class Pass:
     released: int
     recovered: int
     republished: int = 0
+    pruned: int = 0
 
 
 class Relay:
@@ -80,6 +86,12 @@ class Relay:
         self.alive_file = alive_file
         self._stopping = threading.Event()
         self._stranded_checked = 0.0
+        settings = app.settings
+        self.retention = RetentionPolicy(
+            finished_s=settings.retention_succeeded_s, dead_s=settings.retention_dead_s
+        )
+        self.retention_every_s = settings.retention_every_s
+        self._prune_due = time.monotonic()
         self.liveness = Liveness()
         """Live while passes succeed (``/healthz`` of ``--metrics-port``)."""
 
@@ -90,12 +102,43 @@ class Relay:
         if time.monotonic() - self._stranded_checked >= STRANDED_EVERY_S:
             republished = self.republish_stranded()
             self._stranded_checked = time.monotonic()
+        pruned = self.prune_if_due()
         if released or recovered or republished:
             log.info(
                 "relay.pass",
                 extra={"released": released, "recovered": recovered, "republished": republished},
             )
-        return Pass(released, recovered, republished)
+        return Pass(released, recovered, republished, pruned)
+
+    def prune_if_due(self) -> int:
+        """Delete finished jobs past their retention, if a pass is due; how many went.
+
+        Due every ``retention_every_s``, and at once again after a pass that stopped with
+        rows left (a backlog). A failed pass is logged and tried again when the next is
+        due: it must not hold up the relay's own duties, which run before it regardless.
+        """
+        if not self.retention.enabled or time.monotonic() < self._prune_due:
+            return 0
+        self._prune_due = time.monotonic() + self.retention_every_s
+        try:
+            done = prune(self.app.ledger, self.retention)
+        except Exception:  # the ledger refused or is unreachable: the next pass tries again
+            log.warning("relay.prune_failed", exc_info=True)
+            return 0
+        if done.more:
+            self._prune_due = time.monotonic()
+        if done.total:
+            self._record(done)
+        return done.total
+
+    @staticmethod
+    def _record(done: Pruned) -> None:
+        for state, count in done.by_state.items():
+            JOBS_PRUNED.labels(state).inc(count)
+        log.info(
+            "relay.pruned",
+            extra={"pruned": done.total, **dict(done.by_state), "batches": done.batches},
+        )
 
     def republish_stranded(self) -> int:
         """Publish again the stale queued jobs of every queue that is empty on the broker."""

@@ -12,6 +12,7 @@ module                 who calls it, for what
 ``catalog``            workers declare their job types; producers read them
 ``pauses``             ``conveyor queues pause``/``resume`` and the API; every worker polls
 ``leases``             :mod:`worker.leader`: the relay's duty, held by one process at a time
+``retention``          the relay: finished jobs pruned after their age, in short batches
 =====================  ===================================================================
 
 :class:`Ledger` joins the parts into the one object a process holds (``app.ledger``), safe to

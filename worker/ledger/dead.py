@@ -79,7 +79,7 @@ def error_type_matches(error_type: str) -> ColumnElement[bool]:
     return or_(Job.error_type == error_type, Job.error_type == bare)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Replayed:
     """What one replay changed: new job by dead job, and the dead jobs it left alone."""
 
@@ -87,6 +87,8 @@ class Replayed:
     skipped: dict[str, str] = field(default_factory=dict)
     rows: dict[str, tuple[str, str]] = field(default_factory=dict)
     """``(task, queue)`` of each replayed dead job."""
+    audit_id: int | None = None
+    """The replay's audit entry, whose page follows the new jobs."""
 
 
 class DeadLetterStore(Database):
@@ -174,7 +176,10 @@ class DeadLetterStore(Database):
                 )
                 done.new_ids[row.id] = new_id
                 done.rows[row.id] = row.task, row.queue
-            session.add(_audit(actor, "replay", where, list(done.new_ids)))
+            entry = _audit(actor, "replay", where, list(done.new_ids))
+            session.add(entry)
+            session.flush()
+            done.audit_id = entry.id
         return done
 
     def purge(self, where: DeadFilter, *, actor: str, limit: int = 100_000) -> dict[str, str]:

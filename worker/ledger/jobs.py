@@ -338,8 +338,8 @@ class JobPath(Database):
                     dead_reason=dead_reason,
                     attempts=Job.attempts - (0 if ran else 1),
                 )
-                .returning(Job.started_at)
-            ).scalar_one_or_none()
+                .returning(Job.started_at, Job.worker)
+            ).one_or_none()
             if started is None:  # another worker took the job over: not ours to record
                 return False
             if not ran:
@@ -349,11 +349,13 @@ class JobPath(Database):
                     job_id=job_id,
                     attempt=attempt,
                     outcome=state,
-                    started_at=started,
+                    started_at=started.started_at,
                     finished_at=now,
                     delay_s=retry_in_s,
                     error_type=failure.error_type,
                     error_message=failure.message,
+                    error_traceback=failure.traceback,
+                    worker=started.worker,
                 )
             )
         return True

@@ -73,6 +73,7 @@ class RelayQueries(Database):
                         error_type=WORKER_LOST,
                         error_message=f"lease expired at {row.lease_expires_at:%H:%M:%S}Z "
                         f"on {row.worker}",
+                        worker=row.worker,
                     )
                 )
                 row.state, row.lease_expires_at, row.updated_at = JobState.QUEUED, None, now

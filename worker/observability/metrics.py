@@ -70,6 +70,11 @@ RELAY_PUBLISHED = Counter(
     "Messages the relay published (due retries and delays, outbox rows, stranded jobs).",
     ["queue"],
 )
+JOBS_PRUNED = Counter(
+    "conveyor_jobs_pruned",
+    "Finished jobs deleted by retention (their attempts with them), by state.",
+    ["state"],
+)
 
 
 _COUNTED: dict[Event, Counter] = {

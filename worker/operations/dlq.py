@@ -50,6 +50,8 @@ class Outcome:
     new_ids: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     removed_from_broker: int = 0
+    audit_id: int | None = None
+    """The action's audit entry (a replay's: its page follows the new jobs)."""
 
     @property
     def count(self) -> int:
@@ -115,7 +117,9 @@ def replay(
         extra={"count": len(done.new_ids), "actor": actor, "skipped": len(done.skipped)},
     )
     new_ids = list(done.new_ids.values())
-    return Outcome("replay", False, list(done.new_ids), new_ids, done.skipped, removed)
+    return Outcome(
+        "replay", False, list(done.new_ids), new_ids, done.skipped, removed, done.audit_id
+    )
 
 
 def purge(
