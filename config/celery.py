@@ -156,12 +156,24 @@ HARD_LIMIT_GRACE_S = 5
 """Seconds between a job's soft time limit (``timeout_s``) and its hard limit."""
 
 
-def task_options(*, name: str, queue: str | None, timeout_s: float) -> dict[str, Any]:
-    """Celery task options for one job type (:func:`worker.app.create_app` registers it)."""
+def task_options(
+    *,
+    name: str,
+    queue: str | None,
+    timeout_s: float,
+    throws: tuple[type[BaseException], ...] = (),
+) -> dict[str, Any]:
+    """Celery task options for one job type (:func:`worker.app.create_app` registers it).
+
+    ``throws`` are the exceptions that end a task as an expected failure: Celery logs them
+    without a traceback at INFO, and Sentry's and OpenTelemetry's Celery integrations do not
+    report them (Conveyor's dead letters, which the outcome chain has reported already).
+    """
     options: dict[str, Any] = {
         "name": name,
         "bind": True,
         "typing": False,
+        "throws": throws,
         # Retries are the ledger's business; Celery's retry only republishes a message the
         # ledger could not take yet (Postpone), which must never run out (its default is 3).
         "max_retries": None,

@@ -256,6 +256,15 @@ def queue(broker_url: str, pg_url: str) -> Iterator[str]:
     delete_queues(broker_url, [name], pg_url=pg_url)
 
 
+SHORT_LEASE_S = os.environ.get("CONVEYOR_TEST_JOB_LEASE_S", "3")
+"""``CONVEYOR_JOB_LEASE_S`` for the workers of tests that wait for a killed or stopped
+worker's job to come back: the relay recovers it 3 s after its last heartbeat instead of
+the default 10 s. Three beats (0.9 s apart) fit in it, as in the default; tests that wait
+for no lease keep the default, which the rest of the suite runs on.
+``CONVEYOR_TEST_JOB_LEASE_S=10`` runs them with the default lease (to compare, or on a
+machine too slow for 3 s)."""
+
+
 def conveyor_env(broker_url: str, pg_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
     """Environment for `conveyor` subprocesses: a broker, a ledger, a data folder under
     ``data_dir``, the test jobs, and ``settings`` as ``CONVEYOR_<NAME>`` variables."""

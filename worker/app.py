@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.app.amqp import AMQP
+from celery.exceptions import Ignore, Retry
 
 from conveyor.config import Settings, celery_config
 from conveyor.config.celery import on_default_exchange, retry_later, task_options
@@ -26,7 +27,14 @@ from conveyor.worker.observability.probes import ConsumingStep
 from conveyor.worker.observability.tracing import init_tracing
 from conveyor.worker.outcomes import Outcomes, default_observers
 from conveyor.worker.pauses import PauseStep
-from conveyor.worker.runtime import Postpone, Runtime, delivery_from_request
+from conveyor.worker.runtime import (
+    DeadLettered,
+    Postpone,
+    Redundant,
+    RetryScheduled,
+    Runtime,
+    delivery_from_request,
+)
 from conveyor.worker.timers import CompactTimers
 
 REFERENCE_JOBS = ("conveyor.tasks.demo", "conveyor.tasks.webhooks")
@@ -69,7 +77,12 @@ def create_app(settings: Settings) -> ConveyorApp:
     )
     app.outcomes = Outcomes(default_observers(broker=settings.broker_kind.value))
     app.dead_letters = DeadLetters(app, app.ledger, app.outcomes)
-    app.runtime = Runtime(ledger=app.ledger, dead_letters=app.dead_letters, outcomes=app.outcomes)
+    app.runtime = Runtime(
+        ledger=app.ledger,
+        dead_letters=app.dead_letters,
+        outcomes=app.outcomes,
+        lease_s=settings.job_lease_s,
+    )
     app.steps["consumer"].add(ConsumingStep)  # liveness: is the worker still consuming?
     app.steps["consumer"].add(CompactTimers)  # memory: forget cancelled time limits
     app.steps["consumer"].add(PauseStep)  # consume no queue the ledger says is paused
@@ -87,16 +100,32 @@ def _register(app: ConveyorApp, spec: JobSpec) -> None:
     default_queue = app.settings.default_queue
 
     def run(task: Task, *args: Any, **payload: Any) -> Any:
+        """The task body: how it ends is what Flower shows (the table in worker.runtime).
+
+        Every ending acknowledges the message except a dying process; only :class:`Postpone`
+        makes Celery republish it. A :class:`DeadLettered` ends the task as a failure (it is
+        in the task's ``throws``: an expected one, which Sentry's integration skips).
+        """
         # Positional arguments are not part of the wire contract: the runtime dead-letters them.
         delivery = delivery_from_request(task.request, payload, default_queue, args=args)
         try:
-            return runtime.execute(spec, delivery)
+            return runtime.attempt(spec, delivery)
         except Postpone as later:
             # The ledger is unreachable: republish the same message (same id and payload)
             # for a little later, then ack this one. No attempt was recorded or counted.
             raise task.retry(**retry_later(later.delay_s)) from None
+        except RetryScheduled as scheduled:
+            # Acked, shown as RETRY. Raised, not `task.retry()`: the retry is in the ledger
+            # and the relay publishes it when due, so Celery must publish nothing.
+            raise Retry(str(scheduled), exc=scheduled) from None
+        except Redundant:
+            # Acked without a task-succeeded event: a duplicate is not a second success.
+            raise Ignore() from None
 
     # Celery compiles a signature from the function's name: it must be an identifier.
     run.__name__ = run.__qualname__ = "".join(c if c.isalnum() else "_" for c in spec.name)
     run.__doc__ = spec.fn.__doc__
-    app.task(**task_options(name=spec.name, queue=spec.queue, timeout_s=spec.timeout_s))(run)
+    options = task_options(
+        name=spec.name, queue=spec.queue, timeout_s=spec.timeout_s, throws=(DeadLettered,)
+    )
+    app.task(**options)(run)

@@ -12,11 +12,13 @@ IDEMPOTENCY_HEADER: Final = "idempotency_key"
 """Message header carrying a job's idempotency key (foreign producers may set it)."""
 
 LEASE_S: Final = 10.0
-"""How long a claim on a running job lasts unless renewed. A vanished worker's jobs are
-recovered by the relay at most this long (plus one relay poll) after its last heartbeat."""
+"""The default of ``CONVEYOR_JOB_LEASE_S``: how long a claim on a running job lasts unless
+renewed. A vanished worker's jobs are recovered by the relay at most this long (plus one
+relay poll) after its last heartbeat."""
 
 HEARTBEAT_EVERY_S: Final = 3.0
-"""How often a worker process renews the leases of the jobs it is running."""
+"""How often a worker process renews the leases of the jobs it is running, with the default
+lease; another lease is renewed as often in proportion (:func:`worker.heartbeat.beat_every_s`)."""
 
 RELAY_POLL_S: Final = 0.25
 """How often the relay looks for due retries and expired leases."""

@@ -30,6 +30,11 @@ The observers, in the order each event reaches them (:func:`default_observers`):
 An observer never raises into the job's path: :meth:`Outcomes.emit` catches and logs
 whatever one raises, and the next observer still runs. Observers see events after the
 ledger has them, so what they show is never ahead of the truth.
+
+Celery's own signals are not part of the chain. The runtime ends a Celery task with
+``Retry``, a failure or ``Ignore`` (so that Flower shows the outcome) only after the event
+was emitted here, and nothing in Conveyor connects ``task_failure``, ``task_retry`` or
+``task_success``: each outcome is counted, logged and reported once.
 """
 
 from __future__ import annotations

@@ -16,25 +16,47 @@ Each step is recorded in the ledger first, then announced to the outcome chain
 (:mod:`worker.outcomes`), which counts, logs, traces and reports it. A retry never waits
 in a worker's memory: it waits in the ledger, which survives worker and broker restarts.
 
-What happens to the message (Celery acknowledges late: when the task function returns)
-------------------------------------------------------------------------------------------
+What happens to the message, and what Flower shows
+--------------------------------------------------
 
-===============================================  ==========================================
-:meth:`Runtime.execute` ...                      the message is ...
-===============================================  ==========================================
-returns (succeeded, retry scheduled, dead,       acknowledged: its outcome is in the ledger
-skipped, lease lost)
-returns after burying an unstorable message      acknowledged: the dead row is in the ledger
-raises :class:`Postpone` (ledger unreachable)    republished for later, then acknowledged
-                                                 (the task body in :mod:`worker.app`): no attempt
-                                                 was recorded or counted
-raises anything else (a bug in Conveyor)         acknowledged by Celery as a failure; the
-                                                 job's row is ``running`` and the relay
-                                                 recovers it when its lease expires
-the worker process dies                          not acknowledged: redelivered (RabbitMQ) or
-                                                 restored after the visibility timeout
-                                                 (Redis); the relay recovers the lease
-===============================================  ==========================================
+Celery acknowledges late: when the task ends. The task body (:mod:`worker.app`) ends each
+task the way its outcome reads, so Flower, which sees only Celery's task events, shows the
+truth about each delivery (docs/flower.md); the ledger stays the record of the job.
+
+=================================  ============================  ==============================
+:meth:`Runtime.attempt` ...        the task ends with (Flower)   the message is ...
+=================================  ============================  ==============================
+returns (succeeded)                its result (SUCCESS)          acknowledged
+raises :class:`RetryScheduled`     Celery's ``Retry`` (RETRY),   acknowledged: the retry waits
+(retry scheduled)                  which republishes nothing     in the ledger and the relay
+                                                                 publishes it when due (same
+                                                                 id: SUCCESS once it succeeds)
+raises :class:`DeadLettered`       that exception (FAILURE,      acknowledged
+(fatal, exhausted, invalid         the error's type in the       (``task_acks_on_failure``):
+payload, unstorable message,       exception field)              the dead row is in the ledger
+attempts used up by crashes)                                     and the letter on ``Q.dead``
+raises :class:`Redundant`          Celery's ``Ignore`` (no       acknowledged: there was
+(skipped duplicate, lease lost)    event: no second success)     nothing to record
+raises :class:`Postpone`           ``task.retry`` (RETRY)        republished for later, then
+(ledger unreachable)                                             acknowledged: no attempt was
+                                                                 recorded or counted
+raises anything else (a bug in     that exception (FAILURE)      acknowledged as a failure; the
+Conveyor)                                                        job's row is ``running`` and
+                                                                 the relay recovers it when its
+                                                                 lease expires
+the worker process dies            no ending (STARTED)           not acknowledged: redelivered
+                                                                 (RabbitMQ) or restored after
+                                                                 the visibility timeout
+                                                                 (Redis); the relay recovers
+                                                                 the lease
+=================================  ============================  ==============================
+
+Every task declares :class:`DeadLettered` in its ``throws``: Celery logs it as expected (no
+error line, no traceback) and neither Sentry's Celery integration nor OpenTelemetry's
+reports it, so a dead letter's one Sentry event stays the outcome chain's (and
+:func:`worker.observability.sentry.before_send` drops any :class:`Ended` besides). Celery's
+``task_failure`` and ``task_retry`` signals reach no observer: only the ledger-backed outcome
+chain counts, logs and reports.
 
 Errors from the ledger mean one of two things, each handled in one place: a
 :class:`~sqlalchemy.exc.DataError` from a statement of the *message's* (its id, key or
@@ -56,7 +78,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from conveyor.worker.constants import HEARTBEAT_EVERY_S, IDEMPOTENCY_HEADER, LEASE_S, DeadReason
+from conveyor.worker.constants import IDEMPOTENCY_HEADER, DeadReason
 from conveyor.worker.deadletter import DeadLetters, Letter
 from conveyor.worker.errors import WORKER_LOST, Failure, Fatal, PayloadInvalid, failure_of
 from conveyor.worker.heartbeat import Heartbeat
@@ -83,6 +105,29 @@ class Postpone(Exception):
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
         super().__init__(f"postponed {delay_s:.1f}s")
+
+
+class Ended(Exception):
+    """The attempt did not succeed, and the ledger already has its outcome.
+
+    Raised by :meth:`Runtime.attempt` so that the Celery task ends the way Flower should
+    show it (:mod:`worker.app` turns each kind into Celery's ending; the table above). The
+    message names the error's type and the outcome, never the error's message, which may
+    quote the payload: Celery copies it into the task's events, its log and the task's span.
+    One string argument only, so it pickles across the prefork pool.
+    """
+
+
+class RetryScheduled(Ended):
+    """The job waits in the ledger (``scheduled``) for its next attempt: Flower's RETRY."""
+
+
+class DeadLettered(Ended):
+    """The job is dead-lettered (ledger, then ``Q.dead``): the Celery task fails (FAILURE)."""
+
+
+class Redundant(Ended):
+    """This delivery changed nothing (skipped duplicate, lease lost): no outcome to show."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,26 +207,43 @@ class Attempt:
 class Runtime:
     """Runs attempts against one ledger. One instance per Celery app (per process)."""
 
-    def __init__(self, *, ledger: Ledger, dead_letters: DeadLetters, outcomes: Outcomes) -> None:
+    def __init__(
+        self, *, ledger: Ledger, dead_letters: DeadLetters, outcomes: Outcomes, lease_s: float
+    ) -> None:
         self.ledger = ledger
         self.dead_letters = dead_letters
         self.outcomes = outcomes
         self.hostname = socket.gethostname()
-        self.heartbeat = Heartbeat(ledger, lease_s=LEASE_S, every_s=HEARTBEAT_EVERY_S)
+        self.lease_s = lease_s
+        """How long a claim lasts unless renewed (``CONVEYOR_JOB_LEASE_S``)."""
+        self.heartbeat = Heartbeat(ledger, lease_s=lease_s)
 
     def execute(self, spec: JobSpec, delivery: Delivery) -> Any:
-        """Run one attempt. Returns normally when the message may be acknowledged.
+        """Run one attempt in this process (benchmarks, tests): the job's result, or None
+        when it did not succeed; the ledger has the outcome either way.
 
-        Raises :class:`Postpone` when the ledger could not be reached: the message must
-        come back later, since no outcome could be recorded.
+        Raises :class:`Postpone` as :meth:`attempt` does.
+        """
+        try:
+            return self.attempt(spec, delivery)
+        except Ended:
+            return None
+
+    def attempt(self, spec: JobSpec, delivery: Delivery) -> Any:
+        """Run one attempt for the Celery task: every return and raise below means the
+        message may be acknowledged, except :class:`Postpone`.
+
+        Returns the job's result once its success is committed. Raises an :class:`Ended`
+        once any other outcome is recorded: :class:`RetryScheduled`, :class:`DeadLettered`
+        or :class:`Redundant`. Raises :class:`Postpone` when the ledger could not be
+        reached: the message must come back later, since no outcome could be recorded.
         """
         try:
             try:
                 return self._execute(spec, delivery)
             except DataError as exc:
                 # Acknowledged once buried: no retry could ever store this message.
-                self._unstorable(spec, delivery, exc)
-                return None
+                raise self._unstorable(spec, delivery, exc) from None
         except SQLAlchemyError as exc:
             # Not acknowledged as it is: republished for later (the ledger cannot be reached).
             log.warning(
@@ -211,35 +273,34 @@ class Runtime:
                     **claimed,
                 )
             )
-            return None
+            raise Redundant(f"skipped: the job is {claim.state.value}")
         attempt = Attempt(spec, delivery, claim.attempt, claim.idempotency_key)
         self.outcomes.emit(attempt.event(Event.CLAIMED, **claimed))
         if attempt.number > spec.policy.max_attempts:
             # Earlier attempts died with their process (killed, hard time limit): stop here.
             failure = Failure(WORKER_LOST, f"attempt {attempt.number - 1} ended with its worker")
-            self.dead_letters.bury(attempt.letter(DeadReason.EXHAUSTED, failure, ran=False))
-            return None
+            raise self._bury(attempt.letter(DeadReason.EXHAUSTED, failure, ran=False))
         try:
             with self.heartbeat.hold(delivery.job_id, attempt.number):
                 return self._run(attempt)
         except LeaseLost:
             self.outcomes.emit(attempt.event(Event.LEASE_LOST, run_s=attempt.run_s))
-            return None
+            raise Redundant("lease lost: another worker took the job over") from None
         except DataError as error:  # the job's own statement failed: the job's error
-            self._failed(attempt, error)
-            return None
+            raise self._failed(attempt, error) from None
         except SQLAlchemyError:
-            raise  # the ledger itself: Postpone, in execute
+            raise  # the ledger itself: Postpone, in attempt
         except Exception as error:
-            self._failed(attempt, error)
-            return None
+            # `from None`: the job's error (its message may quote the payload) must not
+            # ride along in the Celery task's traceback, events and span.
+            raise self._failed(attempt, error) from None
 
     def _claim(self, spec: JobSpec, delivery: Delivery) -> Claim:
         # A foreign producer's job gets its row now: keep this run's trace for its retries.
         traceparent, tracestate = job_trace_context(queue=delivery.queue)
         return self.ledger.claim(
             delivery.job_id,
-            lease_s=LEASE_S,
+            lease_s=self.lease_s,
             worker=delivery.worker or self.hostname,
             foreign=NewJob(
                 id=delivery.job_id,
@@ -294,13 +355,12 @@ class Runtime:
         )
         return result
 
-    def _failed(self, attempt: Attempt, error: Exception) -> None:
+    def _failed(self, attempt: Attempt, error: Exception) -> Ended:
+        """Record a failed attempt as its policy decides; returns how the task ends."""
         decision = decide(attempt.number, error, attempt.spec.policy)
         failure = failure_of(error)
         if isinstance(decision, DeadLetter):
-            letter = attempt.letter(decision.reason, failure)
-            self.dead_letters.bury(letter)  # a fenced attempt emits lease_lost itself
-            return
+            return self._bury(attempt.letter(decision.reason, failure))
         began = perf_counter()
         job_id = attempt.delivery.job_id
         if self.ledger.fail(job_id, attempt.number, failure, retry_in_s=decision.delay_s):
@@ -317,8 +377,20 @@ class Runtime:
                 ledger_operation="fail",
             )
         )
+        if event is Event.LEASE_LOST:
+            return Redundant("lease lost: another worker took the job over")
+        return RetryScheduled(
+            f"{failure.error_type}: attempt {attempt.number} of "
+            f"{attempt.spec.policy.max_attempts} failed, next attempt in {decision.delay_s:.1f}s"
+        )
 
-    def _unstorable(self, spec: JobSpec, delivery: Delivery, error: DataError) -> None:
+    def _bury(self, letter: Letter) -> Ended:
+        """Dead-letter ``letter``; returns how the task ends (raises as ``bury`` does)."""
+        if not self.dead_letters.bury(letter):
+            return Redundant("lease lost: another worker took the job over")  # it emitted that
+        return DeadLettered(f"{letter.failure.error_type}: dead-lettered ({letter.reason.value})")
+
+    def _unstorable(self, spec: JobSpec, delivery: Delivery, error: DataError) -> Ended:
         """Dead-letter a message whose data the ledger refuses (under a fresh job id)."""
         cause = error.orig or error
         lines = str(cause).strip().splitlines()
@@ -335,7 +407,7 @@ class Runtime:
             payload=delivery.payload,
             message={"id": delivery.job_id},
         )
-        self.dead_letters.bury(letter)
+        return self._bury(letter)
 
 
 def validated(spec: JobSpec, delivery: Delivery) -> Any:

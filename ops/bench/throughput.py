@@ -745,7 +745,6 @@ def ledger_micro(app: Any, rows: int = MICRO_ROWS) -> dict[str, Any]:
     the worker's two writes, and ``execute`` the whole attempt as the worker runs it
     (claim, lease heartbeat, run the no-op inside ``ctx.session``, succeed, commit).
     """
-    from conveyor.worker.constants import LEASE_S
     from conveyor.worker.jobs import spec_for
     from conveyor.worker.ledger import Ledger, NewJob
     from conveyor.worker.runtime import Delivery
@@ -758,7 +757,8 @@ def ledger_micro(app: Any, rows: int = MICRO_ROWS) -> dict[str, Any]:
         return NewJob(id=job_id, task=TASK, queue=queue, payload={}, max_attempts=5)
 
     def claim(on: Ledger, job_id: str) -> int:
-        attempt = on.claim(job_id, lease_s=LEASE_S, worker="bench", foreign=new(job_id)).attempt
+        lease_s = app.settings.job_lease_s
+        attempt = on.claim(job_id, lease_s=lease_s, worker="bench", foreign=new(job_id)).attempt
         assert attempt is not None
         return attempt
 

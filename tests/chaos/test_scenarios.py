@@ -25,7 +25,7 @@ from kombu.connection import Connection
 from conveyor.worker.chaos.scenarios import SCENARIOS
 from conveyor.worker.cli.chaos import DEFAULT_REDIS, SKIPPED
 from tests.chaos.report import FULL_JOBS, FULL_SEED, FULL_TIMEOUT_S, save_report
-from tests.conftest import AMQP_URL, PG_ADMIN_URL, forget_unacked, run_cli
+from tests.conftest import AMQP_URL, PG_ADMIN_URL, SHORT_LEASE_S, forget_unacked, run_cli
 
 CI_JOBS = 100
 """Jobs per CI run: enough for every scenario to inject its faults many times over; the
@@ -34,6 +34,14 @@ CI_FAULTS = 10
 """Faults per CI run at most: the scenarios that inject one a second (worker-kill,
 worker-term, network) would otherwise keep the run going for minutes after 10 of them
 have shown what they show. Full-size runs are not bounded."""
+LEASE_BOUND = {"partition"}
+"""Scenarios whose length is set by the job lease: a partition lasts the lease and 5 s more,
+for the cut-off host's jobs to run elsewhere. At CI size their runs set
+``CONVEYOR_JOB_LEASE_S`` to the tests' short lease (each cut 8 s instead of 15 s). The
+others keep the default 10 s. worker-kill and leader-kill recover leases too, but their
+length is set by worker restarts (measured: no shorter with a 3 s lease, docs/testing.md);
+an outage of the ledger (db-outage, ledger-failover) stops the heartbeats for longer than
+a short lease would last. Full-size runs keep the default everywhere."""
 NO_CONFIRMED_LOSS = {"rabbitmq-node-loss", "ledger-failover"}
 """Scenarios whose replication is synchronous: what was confirmed before the fault must
 all be there after it (quorum queues; a synchronous standby). Redis replicates
@@ -91,8 +99,11 @@ def chaos_run(
     *,
     timeout_s: float | None = None,
     max_faults: int | None = None,
+    lease_s: str | None = None,
 ) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    if lease_s is not None:  # the run's own app and every process it starts read it
+        env["CONVEYOR_JOB_LEASE_S"] = lease_s
     bound = ("--timeout", str(timeout_s)) if timeout_s else ()
     if max_faults is not None:
         bound = (*bound, "--max-faults", str(max_faults))
@@ -135,7 +146,8 @@ def assert_every_promise_held(report: dict[str, Any], scenario: str, jobs: int) 
 @pytest.mark.parametrize(("scenario", "broker"), DEFAULT_RUN)
 def test_scenario_keeps_every_promise(scenario: str, broker: str) -> None:
     jobs = CI_JOBS
-    report = chaos_run(scenario, broker, jobs, seed=11, max_faults=CI_FAULTS)
+    lease_s = SHORT_LEASE_S if scenario in LEASE_BOUND else None
+    report = chaos_run(scenario, broker, jobs, seed=11, max_faults=CI_FAULTS, lease_s=lease_s)
     assert_every_promise_held(report, scenario, jobs)
 
 

@@ -22,6 +22,7 @@ from conveyor.worker.client import enqueue, get_job
 from conveyor.worker.leader import RELAY_LEASE
 from tests.conftest import (
     ROOT,
+    SHORT_LEASE_S,
     ProcessFactory,
     WorkerFactory,
     conveyor_env,
@@ -59,7 +60,9 @@ def test_workers_alone_recover_a_killed_leader_s_job_and_publish_nothing_twice(
     start_worker: WorkerFactory,
 ) -> None:
     consumed, unconsumed = own_queues
-    env = conveyor_env(broker_url, own_ledger_url, tmp_path, relay_in_workers="true")
+    env = conveyor_env(
+        broker_url, own_ledger_url, tmp_path, relay_in_workers="true", job_lease_s=SHORT_LEASE_S
+    )
     workers = {w.pid: w for w in (start_worker(env, consumed, concurrency=1) for _ in range(2))}
     first_pid = wait_for(lambda: leader_pid(producer), timeout_s=60)
     first_term = producer.ledger.lease(RELAY_LEASE).term  # type: ignore[union-attr]

@@ -27,10 +27,12 @@ from conveyor.worker.client import JobRequest, enqueue, enqueue_many, get_job
 from conveyor.worker.ledger import WORKER_LOST
 from tests.conftest import (
     ROOT,
+    SHORT_LEASE_S,
     TEST_JOBS,
     Processes,
     ProcessFactory,
     WorkerFactory,
+    conveyor_env,
     kill_group,
     state_of,
     terminal,
@@ -41,6 +43,13 @@ from tests.jobs import counters, effects
 pytestmark = pytest.mark.integration
 
 ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def env(tmp_path: Path, broker_url: str, pg_url: str) -> dict[str, str]:
+    """The workers' environment, with a short job lease: most tests here wait for a killed
+    worker's lease to run out (one to four times each)."""
+    return conveyor_env(broker_url, pg_url, tmp_path, job_lease_s=SHORT_LEASE_S)
 
 
 def record(figure: dict[str, object]) -> None:

@@ -23,6 +23,7 @@ from conveyor.worker.client import JobRequest, enqueue, enqueue_many
 from conveyor.worker.models import Job, JobState
 from tests.conftest import (
     ROOT,
+    SHORT_LEASE_S,
     Processes,
     conveyor_env,
     counter_value,
@@ -130,7 +131,14 @@ def test_past_the_timeout_or_at_a_second_sigterm_the_worker_stops_hard_and_the_j
     how: str,
 ) -> None:
     timeout_s = "3" if how == "timeout" else "600"
-    env = conveyor_env(broker_url, own_ledger_url, tmp_path, shutdown_timeout_s=timeout_s)
+    # The relay takes the stopped job back once its lease runs out: a short one.
+    env = conveyor_env(
+        broker_url,
+        own_ledger_url,
+        tmp_path,
+        shutdown_timeout_s=timeout_s,
+        job_lease_s=SHORT_LEASE_S,
+    )
     leaving = f"a-{uuid.uuid4().hex[:6]}@shutdown"
     worker = processes.start(env, "worker", "-Q", queue, "-c", "1", "-n", leaving)
     wait_for(lambda: pings(producer, leaving), timeout_s=60)

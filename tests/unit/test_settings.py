@@ -16,6 +16,7 @@ from conveyor.config.settings import BrokerKind, QueueType, load_settings
 from conveyor.worker.app import create_app
 from conveyor.worker.deadletter import dead_letter_destination, dead_letters_quorum
 from conveyor.worker.errors import ConfigError
+from conveyor.worker.heartbeat import beat_every_s
 
 pytestmark = pytest.mark.unit
 
@@ -130,6 +131,9 @@ def test_the_broker_url_selects_the_broker_kind(
         ({"CONVEYOR_WORKER_CONCURRENCY": "0"}, "CONVEYOR_WORKER_CONCURRENCY"),
         ({"CONVEYOR_PREFETCH_MULTIPLIER": "many"}, "CONVEYOR_PREFETCH_MULTIPLIER"),
         ({"CONVEYOR_LOG_LEVEL": "verbose"}, "CONVEYOR_LOG_LEVEL"),
+        ({"CONVEYOR_JOB_LEASE_S": "0"}, "CONVEYOR_JOB_LEASE_S"),
+        ({"CONVEYOR_JOB_LEASE_S": "-3"}, "CONVEYOR_JOB_LEASE_S"),
+        ({"CONVEYOR_JOB_LEASE_S": "soon"}, "CONVEYOR_JOB_LEASE_S"),
         pytest.param(
             {
                 "CONVEYOR_BROKER_URL": "redis://h",
@@ -199,6 +203,27 @@ def test_timeouts_that_are_accepted(
     settings = load_settings()
     assert settings.visibility_timeout_s == int(visibility_timeout_s)
     assert settings.task_time_limit_s == int(task_time_limit_s)
+
+
+@pytest.mark.parametrize(
+    ("value", "lease_s", "beat_s"),
+    [
+        (None, 10.0, 3.0),  # the default: renewed every 3 s
+        ("3", 3.0, 0.9),  # the tests' short lease: the same three beats in a lease
+        ("60", 60.0, 18.0),
+    ],
+)
+def test_the_job_lease_is_a_setting_and_the_heartbeat_keeps_its_share(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, lease_s: float, beat_s: float
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("CONVEYOR_JOB_LEASE_S", value)
+    settings = load_settings()
+    assert settings.job_lease_s == lease_s
+    assert beat_every_s(settings.job_lease_s) == pytest.approx(beat_s)
+    runtime = create_app(settings).runtime  # what the workers' claims and heartbeats use
+    assert (runtime.lease_s, runtime.heartbeat.lease_s) == (lease_s, lease_s)
+    assert runtime.heartbeat.every_s == pytest.approx(beat_s)
 
 
 # -- secrets and lists -----------------------------------------------------------------------

@@ -218,6 +218,7 @@ def run(
             network=topology.network,
             jobs=len(ids),
             budget=max_faults,
+            lease_s=settings.job_lease_s,
         )
         injector = threading.Thread(target=scenario.inject, args=(faults,), daemon=True)
         injector.start()

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from conveyor.worker.chaos.services import PostgresInstance, RabbitInstance, RedisInstance
 from conveyor.worker.chaos.stack import Host
-from conveyor.worker.constants import LEASE_S
 
 if TYPE_CHECKING:  # the scenarios import this module for their topology
     from conveyor.worker.chaos.scenarios import Faults, Request, Services
@@ -89,8 +88,9 @@ class HostNetwork:
 
 
 HOSTS = 2
-CUT_S = LEASE_S + 5.0
-"""How long a partition lasts: longer than a job's lease, so the host's jobs run elsewhere."""
+CUT_PAST_LEASE_S = 5.0
+"""How much longer than a job's lease a partition lasts, so that the host's jobs run
+elsewhere (the run's ``CONVEYOR_JOB_LEASE_S``: 15 s with the default 10 s lease)."""
 
 
 def partition_services(request: Request, cleanup: ExitStack) -> Services:
@@ -125,8 +125,8 @@ class HostsUnavailable(RuntimeError):
 
 
 def partition(faults: Faults) -> None:
-    """Cut one worker host off from the broker and the ledger for :data:`CUT_S` seconds
-    (longer than a job's lease), heal it, and again with the other host while the run
+    """Cut one worker host off from the broker and the ledger for :data:`CUT_PAST_LEASE_S`
+    seconds longer than a job's lease, heal it, and again with the other host while the run
     lasts."""
     network = faults.network
     assert isinstance(network, HostNetwork)
@@ -135,13 +135,14 @@ def partition(faults: Faults) -> None:
         faults.stack.pool_children(worker) for worker in faults.stack.workers
     ):
         faults.stop.wait(0.2)
+    cut_s = faults.lease_s + CUT_PAST_LEASE_S
     while faults.pause(1.0, 2.0):
         host = network.hosts[faults.counts["host_partitioned"] % len(network.hosts)]
         network.cut(host)
         if faults.counts["host_partitioned"]:
-            faults.stop.wait(CUT_S)
+            faults.stop.wait(cut_s)
         else:  # the first cut lasts its whole time, even if the jobs finish meanwhile
-            time.sleep(CUT_S)
+            time.sleep(cut_s)
         network.heal(host)
         faults.counts["host_partitioned"] += 1
-        faults.figures["partition_s"] = CUT_S
+        faults.figures["partition_s"] = cut_s

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from conveyor.worker.chaos.plan import Mix
 from conveyor.worker.chaos.proxy import FaultProxy
 from conveyor.worker.chaos.stack import Host, Stack
+from conveyor.worker.constants import LEASE_S
 
 
 class Restartable(Protocol):
@@ -105,6 +106,8 @@ class Faults:
     budget: int | None = None
     """Faults to inject at most (None: until the run is over). CI-size runs are bounded so
     that their length is set by the jobs, not by faults that keep coming until the end."""
+    lease_s: float = LEASE_S
+    """The run's job lease (``CONVEYOR_JOB_LEASE_S``): a partition outlasts it."""
 
     def record_most(self, name: str, value: float) -> None:
         """Keep the largest ``value`` seen as figure ``name`` (e.g. the longest failover)."""

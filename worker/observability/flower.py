@@ -19,6 +19,11 @@ conveyor.worker.celery_app flower`` for three reasons:
 Flower's ``/healthcheck`` answers without credentials (it says "OK" and nothing else);
 Flower's ``/metrics`` would too, so :func:`adapt_flower` puts it behind the login. See
 docs/flower.md.
+
+What Flower shows for a job comes from the workers' task events, and so from how
+:mod:`worker.runtime` ends each Celery task: a dead letter as a FAILURE naming its error's
+type, a scheduled retry as a RETRY, a skipped duplicate as no second success (the table
+there, and "Each outcome in Flower" in docs/flower.md). Nothing here changes it.
 """
 
 from __future__ import annotations

@@ -6,10 +6,14 @@ What reaches Sentry (the table is in ``docs/sentry.md``):
   chain (:mod:`worker.outcomes`), on each ``dead`` event — emitted by
   :meth:`worker.deadletter.DeadLetters.bury` once the dead state is recorded and published,
   for jobs and for messages that never became a task alike. Sentry's Celery integration
-  sees neither: the runtime catches a job's errors (Celery sees a success), a retry waits
-  in the ledger, an unreachable ledger becomes Celery's ``Retry`` (which the integration
-  ignores), and a poison message is rejected before any task runs. A job that fails,
-  retries and then succeeds reports nothing.
+  reports none of them: the runtime catches a job's errors and ends the Celery task with
+  what the ledger recorded (:mod:`worker.runtime`, so that Flower shows it) — a retry as
+  Celery's ``Retry`` and a duplicate as ``Ignore``, which the integration ignores, and a
+  dead letter as :class:`~worker.runtime.DeadLettered`, which every task declares in its
+  ``throws``, which the integration skips; :func:`before_send` drops any
+  :class:`~worker.runtime.Ended` that would reach Sentry all the same. An unreachable
+  ledger becomes Celery's ``Retry`` too, and a poison message is rejected before any task
+  runs. A job that fails, retries and then succeeds reports nothing.
 - **an unexpected API error** (a bare 500): :func:`report_unexpected`, from
   :class:`~worker.api.problems.CatchAll`, which answers it and so hides it from the
   FastAPI integration. Problems the API explains (4xx, and the 503 of an outage) are not
@@ -20,7 +24,7 @@ What reaches Sentry (the table is in ``docs/sentry.md``):
 Log records become breadcrumbs, never events: a dead letter is logged *and* reported, and
 the logging integration would otherwise report ``job.dead`` a second time.
 
-:func:`scrub` (``before_send``) keeps payloads out: unless the event's job opted in with
+:func:`scrub` (in ``before_send``) keeps payloads out: unless the event's job opted in with
 ``@job(log_payload=True)``, it drops breadcrumbs, request bodies, local variables, Celery
 arguments and every exception message that Conveyor did not redact itself. A dead letter's
 message is kept with the payload's values cut out (:func:`redactor`): messages such as
@@ -44,6 +48,7 @@ from conveyor.worker.errors import Failure
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.observability.logs import job_fields
 from conveyor.worker.outcomes import Event
+from conveyor.worker.runtime import Ended
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event as SentryEvent
@@ -89,7 +94,7 @@ def init_sentry(settings: Settings, component: str) -> bool:
         send_default_pii=False,
         max_request_body_size="never",
         include_local_variables=False,
-        before_send=scrub,
+        before_send=before_send,
         integrations=[
             CeleryIntegration(),
             # The API's one capture point is CatchAll; these add the request's method,
@@ -275,6 +280,21 @@ def _leaves(value: Any) -> Iterator[Any]:
             yield from _leaves(item)
     elif isinstance(value, str | int | float) and not isinstance(value, bool):
         yield value
+
+
+def before_send(event: SentryEvent, hint: Hint) -> SentryEvent | None:
+    """Sentry's ``before_send``: drop the exceptions that end Conveyor's tasks, then
+    :func:`scrub` the rest.
+
+    An :class:`~worker.runtime.Ended` (a dead letter, a scheduled retry, a skipped
+    duplicate) is an outcome the ledger recorded, not an error of Conveyor's: the dead
+    letter's one event is :class:`SentryObserver`'s. The Celery integration already skips
+    them (``throws``, ``Retry``, ``Ignore``); this holds whatever else captures them.
+    """
+    exc_info = hint.get("exc_info")
+    if exc_info and isinstance(exc_info[1], Ended):
+        return None
+    return scrub(event, hint)
 
 
 def scrub(event: SentryEvent, hint: Hint) -> SentryEvent:
