@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conveyor.worker.client import enqueue
 from conveyor.worker.models import JobState
 from tests.conftest import ROOT, state_of, wait_for
+from tests.integration.browser import chromium
 from tests.integration.test_flower import PASSWORD, USER, FlowerStack, flower_stack
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOT = "flower-workers.png"
 PAGE_WAIT_S = 30
@@ -41,19 +38,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Flo
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(
-            f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,900")
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(PAGE_WAIT_S)
-    yield driver
-    driver.quit()
+    yield from chromium()
 
 
 def send_credentials(driver: webdriver.Chrome, user: str, password: str) -> None:

@@ -36,15 +36,17 @@ from conveyor.worker.api.schemas import (
     ReplaySelection,
 )
 from conveyor.worker.app import ConveyorApp
+from conveyor.worker.console import install_console
 
 DESCRIPTION = """\
 Hand jobs to Conveyor over HTTP, follow them, and triage dead letters.
 
 Every `/v1` route needs an API key (`conveyor apikey create NAME --scope ...`) sent as
 `Authorization: Bearer <token>`. Scopes: `enqueue` (create and cancel jobs), `read`
-(every GET), `admin` (replay and purge dead letters; implies the other two). Each key may
-make a limited number of requests per second (429 with `Retry-After` beyond it). Every
-error is an RFC 9457 problem document (`application/problem+json`).
+(every GET), `operate` (replay and purge dead letters, pause and resume queues; implies
+`read`), `admin` (all of them). Each key may make a limited number of requests per
+second (429 with `Retry-After` beyond it). Every error is an RFC 9457 problem document
+(`application/problem+json`).
 """
 
 EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
@@ -116,6 +118,7 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
     install_handlers(
         api, [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     )
+    install_console(api, conveyor)
     api.add_middleware(BodyLimit, limit_bytes=settings.api_max_body_bytes)
     api.add_middleware(CatchAll)  # added last: the outermost
 

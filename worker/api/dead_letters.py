@@ -1,9 +1,9 @@
 """``/v1/dead-letters``: triage dead jobs over HTTP, as ``conveyor dlq`` does.
 
-Listing and reading need the ``read`` scope; replay and purge need ``admin`` and are
-audited with the key's name as the actor (``apikey:<name>``). The work itself is
-:mod:`worker.operations.dlq`'s: replay puts new jobs on the original queues through the relay, purge
-deletes for good, both remove the broker-side copies.
+Listing and reading need the ``read`` scope; replay and purge need ``operate`` (or
+``admin``) and are audited with the key's name as the actor (``apikey:<name>``). The work
+itself is :mod:`worker.operations.dlq`'s: replay puts new jobs on the original queues
+through the relay, purge deletes for good, both remove the broker-side copies.
 """
 
 from dataclasses import asdict
@@ -63,7 +63,7 @@ def dead_letters_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
     """The dead-letter routes, bound to ``app``'s ledger and broker."""
     router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
     Reader = Annotated[Principal, Depends(auth.require(Scope.READ))]
-    Admin = Annotated[Principal, Depends(auth.require(Scope.ADMIN))]
+    Operator = Annotated[Principal, Depends(auth.require(Scope.OPERATE))]
 
     @router.get(
         "",
@@ -109,7 +109,7 @@ def dead_letters_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         response_model=Outcome,
         responses=documented(400, 404, 409, 422, *AUTHENTICATED),
     )
-    def replay_one(job_id: DeadId, who: Admin) -> dict[str, Any]:
+    def replay_one(job_id: DeadId, who: Operator) -> dict[str, Any]:
         """Put the dead job back on its queue as a new job (attempts from zero) with the
         same task, payload and idempotency key; `new_ids` has the new job's id."""
         outcome = replay(app, DeadFilter(ids=(job_id,)), actor=who.actor)
@@ -137,7 +137,7 @@ def dead_letters_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         openapi_extra=request_body(ReplaySelection),
     )
     def replay_many(
-        who: Admin, body: Annotated[ReplaySelection, Depends(json_body(ReplaySelection))]
+        who: Operator, body: Annotated[ReplaySelection, Depends(json_body(ReplaySelection))]
     ) -> dict[str, Any]:
         """Every matching dead letter becomes a new job on its queue; `dry_run` only
         counts. Jobs whose task this server does not know are skipped and listed."""
@@ -158,7 +158,7 @@ def dead_letters_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         openapi_extra=request_body(DeadLetterSelection),
     )
     def purge_many(
-        who: Admin,
+        who: Operator,
         body: Annotated[DeadLetterSelection, Depends(json_body(DeadLetterSelection))],
     ) -> dict[str, Any]:
         """Delete matching dead jobs for good, from the ledger and the broker's dead-letter

@@ -31,14 +31,16 @@ PREFIX_PATTERN: Final = re.compile(rf"[0-9a-f]{{{2 * PREFIX_BYTES}}}")
 
 
 class Scope(StrEnum):
-    """What a key may do. ``admin`` implies the other two."""
+    """What a key may do. ``admin`` implies the other three."""
 
     ENQUEUE = "enqueue"
     """Create and cancel jobs."""
     READ = "read"
     """Read jobs, dead letters and queues."""
+    OPERATE = "operate"
+    """Replay and purge dead letters, pause and resume queues (implies ``read``)."""
     ADMIN = "admin"
-    """Replay and purge dead letters."""
+    """Everything, and API keys in the console."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,9 @@ class Principal:
         return f"apikey:{self.name}"
 
     def allows(self, needed: Scope) -> bool:
-        return needed in self.scopes or Scope.ADMIN in self.scopes
+        if needed in self.scopes or Scope.ADMIN in self.scopes:
+            return True
+        return needed is Scope.READ and Scope.OPERATE in self.scopes
 
 
 def hash_token(token: str) -> str:

@@ -15,8 +15,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import ColumnElement, Select, cast, func, literal, select, tuple_
+from sqlalchemy.dialects.postgresql import JSONB
 
 from conveyor.worker.api.problems import ProblemError
 from conveyor.worker.ledger import Ledger
@@ -54,6 +56,26 @@ class Cursor:
 
 
 @dataclass(frozen=True, slots=True)
+class PayloadMatch:
+    """A payload field equal to a JSON value: ``customer_id = 42`` or ``order.kind = "a"``."""
+
+    path: tuple[str, ...]
+    value: Any
+
+    def condition(self, *, postgresql: bool) -> ColumnElement[bool]:
+        """On PostgreSQL a JSONB containment (``payload @> '{"customer_id": 42}'``), which the
+        GIN index on ``payload`` serves; on SQLite a ``json_extract`` comparison."""
+        if postgresql:
+            document: Any = self.value
+            for name in reversed(self.path):
+                document = {name: document}
+            return Job.payload.op("@>")(cast(literal(json.dumps(document)), JSONB))
+        extracted = func.json_extract(Job.payload, "$." + ".".join(f'"{p}"' for p in self.path))
+        matches: ColumnElement[bool] = extracted == self.value
+        return matches
+
+
+@dataclass(frozen=True, slots=True)
 class JobFilter:
     """Which jobs a listing shows; every field that is set narrows it."""
 
@@ -62,9 +84,15 @@ class JobFilter:
     queue: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    idempotency_key: str | None = None
+    payload: PayloadMatch | None = None
 
-    def query(self) -> Select[Job]:
+    def query(self, *, postgresql: bool = True) -> Select[Job]:
         query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+        if self.idempotency_key is not None:
+            query = query.where(Job.idempotency_key == self.idempotency_key)
+        if self.payload is not None:
+            query = query.where(self.payload.condition(postgresql=postgresql))
         if self.state is not None:
             query = query.where(Job.state == self.state)
         if self.task is not None:
@@ -82,7 +110,7 @@ def page(
     ledger: Ledger, where: JobFilter, *, cursor: Cursor | None, limit: int
 ) -> tuple[Sequence[Job], Cursor | None]:
     """Up to ``limit`` jobs after ``cursor``, and the cursor of the next page (None: last)."""
-    query = where.query().limit(limit + 1)
+    query = where.query(postgresql=ledger.is_postgresql).limit(limit + 1)
     if cursor is not None:
         query = query.where(tuple_(Job.created_at, Job.id) < (cursor.created_at, cursor.job_id))
     with ledger.lagging_session() as session:

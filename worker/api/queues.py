@@ -2,8 +2,9 @@
 
 The ledger, not the broker, answers: it knows what is queued, running, scheduled and
 dead on every broker alike, and one grouped query covers every queue. Pausing and
-resuming need the ``admin`` scope and are audited with the key's name as the actor, as
-``conveyor queues pause`` and ``resume`` are (:mod:`worker.pauses` says what a pause does).
+resuming need the ``operate`` scope (or ``admin``) and are audited with the key's name as
+the actor, as ``conveyor queues pause`` and ``resume`` are (:mod:`worker.pauses` says what
+a pause does).
 """
 
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ QueueName = Annotated[
 def queues_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/v1/queues", tags=["queues"])
     Reader = Annotated[Principal, Depends(auth.require(Scope.READ))]
-    Admin = Annotated[Principal, Depends(auth.require(Scope.ADMIN))]
+    Operator = Annotated[Principal, Depends(auth.require(Scope.OPERATE))]
 
     @router.get(
         "",
@@ -46,7 +47,7 @@ def queues_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
     )
     def pause(
         queue: QueueName,
-        who: Admin,
+        who: Operator,
         reason: Annotated[str | None, Query(max_length=500, pattern=NO_NUL)] = None,
     ) -> dict[str, Any]:
         """Running jobs finish; no worker starts a job of the queue (workers started later
@@ -60,7 +61,7 @@ def queues_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
         response_model=PauseView,
         responses=documented(400, *AUTHENTICATED),
     )
-    def resume(queue: QueueName, who: Admin) -> dict[str, Any]:
+    def resume(queue: QueueName, who: Operator) -> dict[str, Any]:
         """Workers that consume the queue start its waiting jobs again."""
         changed = app.ledger.resume(queue, actor=who.actor)
         return {"queue": queue, "paused": False, "changed": changed}

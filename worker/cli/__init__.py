@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Measure plain Celery, Conveyor and Dramatiq side by side on this machine.",
     ),
     "chaos": ("conveyor.worker.cli.chaos:chaos", "Prove the promises under injected faults."),
+    "console": (
+        "conveyor.worker.cli.api:console",
+        "The operator console (served by `conveyor api` at /console): its users' passwords.",
+    ),
     "demo": (
         "conveyor.worker.cli.demo:demo",
         "Start a worker, run a mix of jobs through it and summarise what happened.",

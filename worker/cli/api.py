@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -9,7 +11,7 @@ from rich.table import Table
 from conveyor.worker.cli.common import State, emit_json, json_option, pass_state
 from conveyor.worker.operations.views import iso
 
-SCOPES = ("enqueue", "read", "admin")
+SCOPES = ("enqueue", "read", "operate", "admin")
 
 
 @click.command()
@@ -50,7 +52,8 @@ def apikey() -> None:
     type=click.Choice(SCOPES),
     multiple=True,
     required=True,
-    help="What the key may do (repeatable): enqueue, read, admin (admin implies the others).",
+    help="What the key may do (repeatable): enqueue, read, operate (replay, purge, pause; "
+    "implies read), admin (all of them).",
 )
 @json_option
 @pass_state
@@ -121,3 +124,23 @@ def apikey_revoke(state: State, name: str) -> None:
         click.echo(f"revoked API key {name!r}; servers refuse it within {KEY_CACHE_TTL_S:g}s")
     else:
         click.echo(f"API key {name!r} was already revoked")
+
+
+@click.group()
+def console() -> None:
+    """The operator console (served by `conveyor api` at /console): its users' passwords."""
+
+
+@console.command("hash-password")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from stdin instead of asking."
+)
+def console_hash_password(password_stdin: bool) -> None:
+    """Print a password's hash for a `name:role:HASH` entry of CONVEYOR_CONSOLE_USERS."""
+    from conveyor.worker.console.access import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    click.echo(hash_password(password))
