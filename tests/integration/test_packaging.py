@@ -155,3 +155,21 @@ def test_the_wheel_runs_from_a_directory_with_its_own_config_tasks_and_worker(
             worker.wait(60)
         log.close()
         delete_queues(REDIS_URL, [queue])
+
+
+CONSOLE_FILES = """
+from conveyor.worker.console.web import STATIC, TEMPLATES
+print(TEMPLATES.env.get_template("job.html").filename)
+print((STATIC / "console.js").is_file())
+"""
+
+
+def test_the_wheel_carries_the_consoles_templates_and_static_files(
+    installed: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "COV_"))}
+    template, script = run(
+        installed / "bin" / "python", "-c", CONSOLE_FILES, cwd=tmp_path, env=env
+    ).split()
+    assert template.startswith(str(installed))
+    assert script == "True"
