@@ -370,6 +370,34 @@ def effects_per_job(app: ConveyorApp, ids: list[str]) -> dict[str, int]:
     return {job_id: count for job_id, count in found}
 
 
+NODE_DIR = ROOT / ".cache" / "node"
+"""Where the tests' npm packages go (celery-node, axe-core): installed once per checkout."""
+
+
+def npm_package(spec: str) -> Path:
+    """The folder of npm package ``spec`` (``name@version``), installed into
+    :data:`NODE_DIR` on first use."""
+    name = spec.rsplit("@", 1)[0]
+    folder = NODE_DIR / "node_modules" / name
+    if not folder.exists():
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(NODE_DIR),
+                spec,
+            ],
+            check=True,
+            timeout=300,
+        )
+    return folder
+
+
 def run_cli(
     *args: str, env: dict[str, str], cwd: Path | None = None, timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ screenshot of each is kept in ``test-artifacts/console/``.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from tests.conftest import (
     create_ledger,
     delete_queues,
     drop_database,
+    npm_package,
     producer_app,
     wait_for,
 )
@@ -41,7 +41,6 @@ from tests.integration.test_api_harness import Api, api_env, create_key, start_a
 
 pytestmark = pytest.mark.integration
 
-NODE_DIR = ROOT / ".cache" / "node"
 AXE = "axe-core@4.10"
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 WAIT_S = 60
@@ -108,24 +107,7 @@ def scalar(ledger_url: str, sql: str, *params: Any) -> Any:
 @pytest.fixture(scope="module")
 def axe_source() -> str:
     """axe-core's browser build, installed with npm into .cache/node once."""
-    script = NODE_DIR / "node_modules" / "axe-core" / "axe.min.js"
-    if not script.exists():
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--silent",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(NODE_DIR),
-                AXE,
-            ],
-            check=True,
-            timeout=300,
-        )
-    return script.read_text()
+    return (npm_package(AXE) / "axe.min.js").read_text()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from conveyor.worker.client import get_job
 from conveyor.worker.models import JobState
 from tests.conftest import (
     MANAGEMENT_API_URL,
+    NODE_DIR,
     REDIS_URL,
     ROOT,
     Processes,
@@ -36,6 +37,7 @@ from tests.conftest import (
     conveyor_env,
     delete_queues,
     metric_samples,
+    npm_package,
     run_cli,
     state_of,
     wait_for,
@@ -44,7 +46,6 @@ from tests.conftest import (
 pytestmark = pytest.mark.integration
 
 CELERY_NODE = "celery-node@0.5.9"
-NODE_DIR = ROOT / ".cache" / "node"
 
 
 def free_port() -> int:
@@ -106,22 +107,7 @@ def test_flower_send_task_runs_and_is_tracked(
 @pytest.fixture(scope="session")
 def celery_node() -> Path:
     """celery-node, installed with npm into .cache/node once."""
-    if not (NODE_DIR / "node_modules" / "celery-node").exists():
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--silent",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(NODE_DIR),
-                CELERY_NODE,
-            ],
-            check=True,
-            timeout=300,
-        )
+    npm_package(CELERY_NODE)
     return NODE_DIR
 
 

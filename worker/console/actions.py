@@ -171,15 +171,11 @@ def triage_router(app: ConveyorApp, gate: Gate) -> APIRouter:
     def replay(
         viewer: PostedOperator,
         expected: Annotated[int, Form(ge=0)],
+        where: Posted,
         rate_per_s: Annotated[float | None, Form(gt=0, le=MAX_RATE_PER_S)] = None,
-        task: Annotated[str, Form(max_length=200)] = "",
-        queue: Annotated[str, Form(max_length=200)] = "",
-        error_type: Annotated[str, Form(max_length=255)] = "",
-        reason: Annotated[str, Form(max_length=32)] = "",
     ) -> Response:
         """Replay what the filter matches, at most the ``expected`` letters the preview
         counted (oldest first: letters that died since the preview wait for the next)."""
-        where = _posted_filter(task=task, queue=queue, error_type=error_type, reason=reason)
         outcome = dlq.replay(app, where, actor=viewer.actor, rate_per_s=rate_per_s, limit=expected)
         if outcome.audit_id is None:
             return back("/audit")
@@ -189,13 +185,9 @@ def triage_router(app: ConveyorApp, gate: Gate) -> APIRouter:
     def purge(
         viewer: PostedOperator,
         expected: Annotated[int, Form(ge=0)],
-        task: Annotated[str, Form(max_length=200)] = "",
-        queue: Annotated[str, Form(max_length=200)] = "",
-        error_type: Annotated[str, Form(max_length=255)] = "",
-        reason: Annotated[str, Form(max_length=32)] = "",
+        where: Posted,
     ) -> Response:
         """Purge what the filter matches, at most the ``expected`` letters the preview counted."""
-        where = _posted_filter(task=task, queue=queue, error_type=error_type, reason=reason)
         dlq.purge(app, where, actor=viewer.actor, limit=expected)
         return back("/audit")
 
@@ -251,8 +243,18 @@ def keys_router(app: ConveyorApp, gate: Gate) -> APIRouter:
     return router
 
 
-def _posted_filter(**fields: str) -> dlq.DeadFilter:
+def posted_filter(
+    task: Annotated[str, Form(max_length=200)] = "",
+    queue: Annotated[str, Form(max_length=200)] = "",
+    error_type: Annotated[str, Form(max_length=255)] = "",
+    reason: Annotated[str, Form(max_length=32)] = "",
+) -> dlq.DeadFilter:
+    """The dead-letter filter a preview's form posts back (its hidden fields)."""
+    fields = {"task": task, "queue": queue, "error_type": error_type, "reason": reason}
     try:
-        return dead_filter({k: v for k, v in fields.items() if v})
+        return dead_filter({name: value for name, value in fields.items() if value})
     except BadFilter as error:
         raise Denied(400, str(error)) from None
+
+
+Posted = Annotated[dlq.DeadFilter, Depends(posted_filter)]

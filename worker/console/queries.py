@@ -20,7 +20,12 @@ from sqlalchemy import ColumnElement, func, select
 from conveyor.worker.ledger import Ledger
 from conveyor.worker.ledger.dead import DeadFilter
 from conveyor.worker.models import AuditEntry, Job, JobAttempt, JobState, utcnow
-from conveyor.worker.operations.scale import INSPECT_TIMEOUT_S, fleet
+from conveyor.worker.operations.scale import (
+    INSPECT_TIMEOUT_S,
+    RATE_WINDOW_S,
+    finished_rates,
+    fleet,
+)
 from conveyor.worker.operations.stats import queue_stats
 
 CHART_MINUTES = 60
@@ -178,16 +183,12 @@ def _empty_queue(name: str) -> dict[str, Any]:
     }
 
 
-def finished_per_minute(ledger: Ledger, *, window_s: float = 300.0) -> dict[str, int]:
-    """Jobs finished (succeeded or dead) per minute, per queue, over the last ``window_s``."""
-    since = utcnow() - timedelta(seconds=window_s)
-    query = (
-        select(Job.queue, func.count())
-        .where(Job.state.in_([JobState.SUCCEEDED, JobState.DEAD]), Job.finished_at >= since)
-        .group_by(Job.queue)
-    )
-    with ledger.lagging_session() as session:
-        return {q: round(n * 60 / window_s) for q, n in session.execute(query).all()}
+def finished_per_minute(ledger: Ledger, *, window_s: float = RATE_WINDOW_S) -> dict[str, int]:
+    """Jobs finished (succeeded or dead) per minute, per queue, over the last ``window_s``
+    (``conveyor scale``'s rates, per minute)."""
+    return {
+        queue: round(rate * 60) for queue, rate in finished_rates(ledger, window_s=window_s).items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
