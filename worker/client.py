@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from time import perf_counter
 from typing import Any
@@ -51,6 +51,8 @@ class JobRequest:
     queue: str | None = None
     delay: float | timedelta | None = None
     priority: int | None = None
+    expires_in: float | timedelta | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ def enqueue(
     queue: str | None = None,
     delay: float | timedelta | None = None,
     priority: int | None = None,
+    expires_in: float | timedelta | None = None,
+    expires_at: datetime | None = None,
     session: Session | None = None,
     app: ConveyorApp | None = None,
 ) -> str:
@@ -89,13 +93,20 @@ def enqueue(
     calls; by another task or payload, :class:`~worker.admission.IdempotencyConflict`. A job
     with a ``delay`` waits in the ledger (state ``scheduled``) until the relay publishes it.
 
+    A deadline, ``expires_in`` (seconds from now, > 0) or ``expires_at`` (an aware
+    datetime in the future), never both: a job not started by then ends ``cancelled``
+    with ``cancel_reason`` ``expired``, without running (docs/jobs.md, "Deadlines").
+    A bad deadline raises :class:`~worker.errors.UsageError`.
+
     With ``session`` (a SQLAlchemy session on the ledger database), the job is written in
     the caller's transaction — the transactional outbox: if the caller commits, the relay
     publishes it; if the caller rolls back, the job never existed. Nothing is published
     from inside the caller's transaction.
     """
     app = app or default_app()
-    request = JobRequest(task_name, payload, idempotency_key, queue, delay, priority)
+    request = JobRequest(
+        task_name, payload, idempotency_key, queue, delay, priority, expires_in, expires_at
+    )
     new = _new_job(app, request, outbox=session is not None)
     began = perf_counter()
     job_id, created = app.ledger.create(
@@ -210,6 +221,7 @@ def _new_job(app: ConveyorApp, request: JobRequest, *, outbox: bool) -> NewJob:
     target = request.queue or spec.queue or app.settings.default_queue
     traceparent, tracestate = job_trace_context(queue=target)
     now = utcnow()
+    expires_at = deadline(request.expires_in, request.expires_at, now=now)
     if outbox:
         # The outbox: the row commits or rolls back with the caller; the relay publishes it.
         run_at: datetime | None = now + timedelta(seconds=delay_s or 0)
@@ -226,7 +238,32 @@ def _new_job(app: ConveyorApp, request: JobRequest, *, outbox: bool) -> NewJob:
         run_at=run_at,
         traceparent=traceparent,
         tracestate=tracestate,
+        expires_at=expires_at,
     )
+
+
+def deadline(
+    expires_in: float | timedelta | None, expires_at: datetime | None, *, now: datetime
+) -> datetime | None:
+    """The job's ``expires_at`` from either form of deadline; raises :class:`UsageError`
+    for both at once, a non-positive ``expires_in``, or a naive or past ``expires_at``."""
+    if expires_in is not None and expires_at is not None:
+        raise UsageError("give expires_in or expires_at, not both")
+    if expires_in is not None:
+        seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+        if isinstance(seconds, bool) or not seconds > 0:
+            raise UsageError("expires_in must be > 0 seconds")
+        try:
+            return now + timedelta(seconds=seconds)
+        except OverflowError:  # also infinity
+            raise UsageError("expires_in is too far in the future") from None
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+        raise UsageError("expires_at must be an aware datetime (with a time zone)")
+    if expires_at <= now:
+        raise UsageError("expires_at is already past: the job could never run")
+    return expires_at.astimezone(UTC)
 
 
 def _enqueued(new: NewJob, job_id: str, *, ledger_s: float | None, operation: str) -> JobEvent:

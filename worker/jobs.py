@@ -9,11 +9,14 @@ module never touches a broker.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from conveyor.worker.errors import ConfigError, PayloadInvalid, UnknownTask
@@ -23,6 +26,13 @@ if TYPE_CHECKING:
     from conveyor.config import Settings
 
 DEFAULT_TIMEOUT_S = 300.0
+PROGRESS_EVERY_S = 0.5
+"""At most one progress write per this many seconds per attempt (the last one always)."""
+
+log = logging.getLogger("conveyor.jobs")
+
+ProgressWriter = Callable[[int, int, str | None], bool]
+"""Records ``(done, total, note)`` for the running attempt; False when fenced out."""
 
 
 class JobContext:
@@ -32,11 +42,15 @@ class JobContext:
     job uses it. Its transaction commits together with the job's success and rolls back
     when the attempt fails, so effects written through it happen exactly once. A job that
     never touches it costs no transaction of its own: its success is one statement.
+
+    :meth:`progress` reports how far the job is, outside that transaction.
     """
 
     __slots__ = (
         "_open_session",
+        "_progress_at",
         "_session",
+        "_write_progress",
         "attempt",
         "idempotency_key",
         "job_id",
@@ -56,6 +70,7 @@ class JobContext:
         queue: str,
         session: Session | None = None,
         open_session: Callable[[], Session] | None = None,
+        write_progress: ProgressWriter | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -65,6 +80,8 @@ class JobContext:
         self.queue = queue
         self._session = session
         self._open_session = open_session
+        self._write_progress = write_progress
+        self._progress_at: float | None = None
 
     @property
     def session(self) -> Session:
@@ -78,6 +95,35 @@ class JobContext:
     def opened_session(self) -> Session | None:
         """The session if the job used it, else None (the runtime records success alone)."""
         return self._session
+
+    def progress(self, done: int, total: int, note: str | None = None) -> bool:
+        """Report that ``done`` of ``total`` steps are done, with an optional ``note`` (cut
+        to 200 characters); shown by ``conveyor jobs show``, the API and the console.
+
+        Written at once in a statement of its own, not in ``ctx.session``'s transaction:
+        it shows while the job runs and stays if the attempt fails. Throttled: at most one
+        write per :data:`PROGRESS_EVERY_S` seconds, except that ``done == total`` is always
+        written. Returns True if this call was written. Progress is advisory: a write that
+        fails (the ledger unreachable) is logged and dropped, never the job's error. Raises
+        :class:`ValueError` unless ``0 <= done <= total``.
+        """
+        if not 0 <= done <= total:
+            raise ValueError(f"progress must be 0 <= done <= total, got {done} of {total}")
+        if self._write_progress is None:
+            return False
+        now = monotonic()
+        last = self._progress_at
+        if done != total and last is not None and now - last < PROGRESS_EVERY_S:
+            return False
+        self._progress_at = now
+        try:
+            return self._write_progress(done, total, note)
+        except SQLAlchemyError as exc:
+            log.warning(
+                "job.progress_unrecorded",
+                extra={"job_id": self.job_id, "task": self.task, "error_type": type(exc).__name__},
+            )
+            return False
 
     @property
     def is_last_attempt(self) -> bool:

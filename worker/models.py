@@ -115,6 +115,15 @@ class Job(Base):
     traceparent: Mapped[str | None] = mapped_column(String(64))
     """W3C trace context of the enqueue (tracing on): the relay publishes the job in it."""
     tracestate: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    """The deadline given at enqueue: not started by then, the job is cancelled unrun."""
+    cancel_reason: Mapped[str | None] = mapped_column(String(32))
+    """Why a ``cancelled`` job was: ``expired`` for a passed deadline, else None."""
+    progress_done: Mapped[int | None] = mapped_column(Integer)
+    """The running job's last ``ctx.progress``: done of total, a note, and when."""
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_note: Mapped[str | None] = mapped_column(String(200))
+    progress_at: Mapped[datetime | None] = mapped_column()
 
     # As migration 0010 left them (its docstring and docs/console.md say why): full
     # indexes for the lists' filters, partial ones where only a few rows need an entry.

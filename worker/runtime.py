@@ -36,7 +36,9 @@ raises :class:`DeadLettered`       that exception (FAILURE,      acknowledged
 payload, unstorable message,       exception field)              the dead row is in the ledger
 attempts used up by crashes)                                     and the letter on ``Q.dead``
 raises :class:`Redundant`          Celery's ``Ignore`` (no       acknowledged: there was
-(skipped duplicate, lease lost)    event: no second success)     nothing to record
+(skipped duplicate, lease lost,    event: no second success)     nothing to record (an
+deadline passed before it ran)                                   expired job's claim marked
+                                                                 it cancelled, ``expired``)
 raises :class:`Postpone`           ``task.retry`` (RETRY)        republished for later, then
 (ledger unreachable)                                             acknowledged: no attempt was
                                                                  recorded or counted
@@ -72,6 +74,7 @@ import json
 import logging
 import socket
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -261,8 +264,9 @@ class Runtime:
         claim = self._claim(spec, delivery)
         claimed: dict[str, Any] = {"ledger_s": perf_counter() - began, "ledger_operation": "claim"}
         if claim.attempt is None:
-            # Finished, a duplicate by key, or held by a live worker: this message is
-            # redundant. If that worker dies, the relay recovers the job when its lease ends.
+            # Finished, a duplicate by key, held by a live worker, or past its deadline (the
+            # claim cancelled it: ``expired``): this message is redundant. If that worker
+            # dies, the relay recovers the job when its lease ends.
             self.outcomes.emit(
                 JobEvent(
                     Event.SKIPPED,
@@ -273,7 +277,8 @@ class Runtime:
                     **claimed,
                 )
             )
-            raise Redundant(f"skipped: the job is {claim.state.value}")
+            why = " (expired)" if claim.expired else ""
+            raise Redundant(f"skipped: the job is {claim.state.value}{why}")
         attempt = Attempt(spec, delivery, claim.attempt, claim.idempotency_key)
         self.outcomes.emit(attempt.event(Event.CLAIMED, **claimed))
         if attempt.number > spec.policy.max_attempts:
@@ -326,6 +331,7 @@ class Runtime:
             task=spec.name,
             queue=delivery.queue,
             open_session=self.ledger.session,
+            write_progress=partial(self.ledger.progress, delivery.job_id, attempt.number),
         )
         try:
             began = perf_counter()

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from conveyor.worker.ledger import Ledger, NewJob
-from conveyor.worker.ledger.jobs import CLAIM, SUCCEED, _jobs
+from conveyor.worker.ledger.statements import CLAIM, SUCCEED, _jobs
 from conveyor.worker.migrate import upgrade
 from conveyor.worker.models import utcnow
 from ops.bench.throughput import create_database, drop_database, log, machine, pg_url

@@ -23,18 +23,14 @@ from conveyor.config.settings import package_version
 from conveyor.worker.api.auth import Authenticator
 from conveyor.worker.api.body import BodyLimit
 from conveyor.worker.api.catalog import catalog_router
+from conveyor.worker.api.dead_letter_schemas import DeadLetterSelection, ReplaySelection
 from conveyor.worker.api.dead_letters import dead_letters_router
 from conveyor.worker.api.health import health_router, metrics_router
 from conveyor.worker.api.jobs import jobs_router
 from conveyor.worker.api.problems import CatchAll, Problem, install_handlers
 from conveyor.worker.api.queues import queues_router
 from conveyor.worker.api.ratelimit import RateLimiter
-from conveyor.worker.api.schemas import (
-    DeadLetterSelection,
-    JobBatch,
-    JobCreate,
-    ReplaySelection,
-)
+from conveyor.worker.api.schemas import JobBatch, JobCreate
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.console import install_console
 

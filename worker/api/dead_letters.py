@@ -13,18 +13,16 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from conveyor.worker.api.auth import Authenticator
 from conveyor.worker.api.body import json_body, request_body
-from conveyor.worker.api.keys import Principal, Scope
-from conveyor.worker.api.problems import AUTHENTICATED, ProblemError, documented
-from conveyor.worker.api.schemas import (
-    NO_NUL,
+from conveyor.worker.api.dead_letter_schemas import (
     DeadLetterList,
     DeadLetterSelection,
     DeadLetterView,
     Outcome,
     ReplaySelection,
-    Text,
-    UtcDatetime,
 )
+from conveyor.worker.api.keys import Principal, Scope
+from conveyor.worker.api.problems import AUTHENTICATED, ProblemError, documented
+from conveyor.worker.api.schemas import NO_NUL, Text, UtcDatetime
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.constants import DeadReason
 from conveyor.worker.operations.dlq import DeadFilter, dead_letter_view, list_dead, purge, replay

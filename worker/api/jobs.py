@@ -79,6 +79,8 @@ def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
             queue=body.queue,
             delay=body.delay_s,
             priority=body.priority,
+            expires_in=body.expires_in_s,
+            expires_at=body.expires_at,
             app=app,
         )
         state = JobState.SCHEDULED if body.delay_s else JobState.QUEUED

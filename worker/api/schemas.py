@@ -1,7 +1,8 @@
 """The API's request and response bodies, with the examples the OpenAPI document shows.
 
 Response models mirror :func:`worker.operations.views.job_view` and
-:func:`worker.operations.dlq.dead_letter_view` (the CLI's ``--json`` shapes) and allow extra fields,
+:func:`worker.operations.dlq.dead_letter_view` (the CLI's ``--json`` shapes; the dead
+letters' bodies are in :mod:`worker.api.dead_letter_schemas`) and allow extra fields,
 so a field added there reaches API clients too. Request models refuse unknown fields and
 any value the ledger could not store (NUL characters, non-finite numbers, integers beyond
 64 bits: :func:`worker.admission.storable`, the rule every producer shares), so such input
@@ -21,10 +22,10 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
+    model_validator,
 )
 
 from conveyor.worker.admission import storable
-from conveyor.worker.constants import DeadReason
 from conveyor.worker.models import JobState
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 NO_NUL: Final = r"^[^\x00]*$"
 QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_DELAY_S: Final = 366 * 86_400
+MAX_EXPIRES_S: Final = MAX_DELAY_S
 MAX_BATCH: Final = 500
 """Most jobs in one ``POST /v1/jobs:batch`` (the body limit, 1 MiB by default, also applies)."""
 IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x20-\x7e]+$"
@@ -112,6 +114,25 @@ class JobCreate(BaseModel):
         description="0 to 9, 9 first; none counts as 0. Honoured on queues declared with "
         "priorities (CONVEYOR_QUEUES), first in first out elsewhere.",
     )
+    expires_in_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_EXPIRES_S,
+        allow_inf_nan=False,
+        description="Deadline, seconds from now: not started by then, the job ends "
+        "`cancelled` (`cancel_reason` `expired`) without running. Not with `expires_at`.",
+    )
+    expires_at: UtcDatetime | None = Field(
+        None,
+        description="Deadline as a time (ISO 8601, UTC when no zone is given; must be in "
+        "the future): as `expires_in_s`. Not with `expires_in_s`.",
+    )
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> JobCreate:
+        if self.expires_in_s is not None and self.expires_at is not None:
+            raise ValueError("give expires_in_s or expires_at, not both")
+        return self
 
 
 IdempotencyKey = Annotated[
@@ -138,6 +159,8 @@ class BatchJob(JobCreate):
             queue=self.queue,
             delay=self.delay_s,
             priority=self.priority,
+            expires_in=self.expires_in_s,
+            expires_at=self.expires_at,
         )
 
 
@@ -200,6 +223,15 @@ class JobError(BaseModel):
     reason: str | None
 
 
+class JobProgress(BaseModel):
+    """The job's last ``ctx.progress(done, total, note)``."""
+
+    done: int
+    total: int
+    note: str | None
+    at: Timestamp | None
+
+
 class JobView(BaseModel):
     """One job (the shape of ``conveyor jobs show --json``)."""
 
@@ -245,6 +277,13 @@ class JobView(BaseModel):
     run_at: Timestamp | None
     started_at: Timestamp | None
     finished_at: Timestamp | None
+    expires_at: Timestamp | None = Field(None, description="The deadline, if it has one.")
+    cancel_reason: str | None = Field(
+        None, description="Why a cancelled job was: `expired` (its deadline passed), or null."
+    )
+    progress: JobProgress | None = Field(
+        None, description="What the job last reported with `ctx.progress`, or null."
+    )
 
 
 class JobPage(BaseModel):
@@ -252,95 +291,6 @@ class JobPage(BaseModel):
 
     items: list[JobView]
     next_cursor: str | None = Field(description="Null on the last page.")
-
-
-class DeadLetterSummary(BaseModel):
-    """One dead job in a list (the shape of ``conveyor dlq list --json``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    task: str
-    queue: str
-    reason: str | None
-    error_type: str | None
-    error_message: str | None
-    attempts: int
-    dead_at: Timestamp | None
-    created_at: Timestamp
-    idempotency_key: str | None
-    replay_of: str | None
-    payload: dict[str, Any]
-
-
-class DeadLetterView(DeadLetterSummary):
-    """One dead job with its traceback (``conveyor dlq show --json``)."""
-
-    traceback: str | None
-
-
-class DeadLetterList(BaseModel):
-    items: list[DeadLetterSummary]
-
-
-class DeadLetterSelection(BaseModel):
-    """Which dead letters a bulk operation applies to. An empty filter needs ``all``."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        populate_by_name=True,
-        json_schema_extra={
-            "examples": [
-                {"queue": "webhooks", "error_type": "httpx.ConnectError", "dry_run": True},
-                {"all": True},
-            ]
-        },
-    )
-
-    ids: list[Text] = Field(default_factory=list, max_length=10_000)
-    queue: Text | None = None
-    task: Text | None = None
-    error_type: Text | None = Field(None, description="module.QualName")
-    reason: DeadReason | None = Field(None, description="Why it was dead-lettered.")
-    since: UtcDatetime | None = Field(None, description="Dead at or after this time.")
-    until: UtcDatetime | None = Field(None, description="Dead before this time.")
-    every: bool = Field(False, alias="all", description="Required to select with no filter.")
-    dry_run: bool = Field(False, description="Say what would be done; change nothing.")
-
-
-class ReplaySelection(DeadLetterSelection):
-    rate_per_s: float | None = Field(
-        None, gt=0, le=10_000, allow_inf_nan=False, description="Spread the replays out."
-    )
-
-
-class Outcome(BaseModel):
-    """What a replay or purge did (or, with ``dry_run``, would do)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "action": "replay",
-                    "dry_run": False,
-                    "count": 1,
-                    "job_ids": ["0b5c6f0e-8d0c-4e59-9d7a-0d6f3c1f2a4b"],
-                    "new_ids": ["5f1d2c3b-7e8a-4b9c-8d0e-1f2a3b4c5d6e"],
-                    "skipped": {},
-                    "removed_from_broker": 1,
-                }
-            ]
-        }
-    )
-
-    action: str
-    dry_run: bool
-    count: int
-    job_ids: list[str]
-    new_ids: list[str]
-    skipped: dict[str, str] = Field(description="Dead jobs left alone, and why.")
-    removed_from_broker: int
 
 
 class QueueStats(BaseModel):

@@ -33,6 +33,12 @@ BATCH_SIZE = 500
     help="Priority, 0 to 9, 9 first (on queues declared with priorities).",
 )
 @click.option(
+    "--expires-in",
+    "expires_in",
+    type=click.FloatRange(0, min_open=True),
+    help="Deadline in seconds: not started by then, the job is cancelled (expired) unrun.",
+)
+@click.option(
     "--from-file",
     "from_file",
     type=click.File("r", encoding="utf-8"),
@@ -55,6 +61,7 @@ def enqueue(
     queue: str | None,
     delay: float | None,
     priority: int | None,
+    expires_in: float | None,
     from_file: IO[str] | None,
     batch_size: int,
     as_json: bool,
@@ -64,13 +71,16 @@ def enqueue(
     Prints the job id (with --from-file, a count of enqueued and refused jobs).
 
     With --from-file, each line of the file is one job, a JSON object with "task" and
-    "payload" and, if wanted, "idempotency_key", "queue", "delay_s" and "priority" (the
-    body of POST /v1/jobs). A line that cannot be enqueued is reported on stderr with its
-    number and does not stop the others; the exit status is then 1.
+    "payload" and, if wanted, "idempotency_key", "queue", "delay_s", "priority",
+    "expires_in_s" and "expires_at" (the body of POST /v1/jobs). A line that cannot be
+    enqueued is reported on stderr with its number and does not stop the others; the
+    exit status is then 1.
     """
     if from_file is not None:
         if task is not None:
             raise UsageError("give either TASK or --from-file, not both")
+        if expires_in is not None:
+            raise UsageError("--expires-in applies to TASK: give expires_in_s on each line")
         _enqueue_file(state, from_file, batch_size=batch_size, as_json=as_json)
         return
     if task is None:
@@ -88,6 +98,7 @@ def enqueue(
         queue=queue,
         delay=delay,
         priority=priority,
+        expires_in=expires_in,
         app=state.app,
     )
     if as_json:

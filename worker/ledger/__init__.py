@@ -5,6 +5,8 @@ module                 who calls it, for what
 =====================  ===================================================================
 ``database``           everyone: the pooled engine, sessions, :class:`NewJob`
 ``jobs``               producers and workers: create, claim, succeed, fail, renew, cancel
+``statements``         the job path's claim, success and progress statements, built once
+``inserts``            new job rows on PostgreSQL in one round trip, one or a batch
 ``relay``              the relay: due retries, expired leases, stranded jobs
 ``dead``               :mod:`worker.deadletter`: the dead row of a poison message
 ``reads``              the CLI, the API and tests: get, list, attempts, counts

@@ -47,6 +47,8 @@ class NewJob:
     traceparent: str | None = None
     """W3C trace context of the enqueue (:mod:`worker.observability.tracing`); None when off."""
     tracestate: str | None = None
+    expires_at: datetime | None = None
+    """The deadline: not started by then, the job is cancelled unrun (reason ``expired``)."""
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -234,6 +236,7 @@ class Database:
             "priority": job.priority,
             "traceparent": job.traceparent,
             "tracestate": job.tracestate,
+            "expires_at": job.expires_at,
             "created_at": now,
             "updated_at": now,
             **fields,

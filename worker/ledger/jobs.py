@@ -9,76 +9,30 @@ compiled once from the same SQLAlchemy statements that SQLite runs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
-from typing import Any, cast
+from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import UpdateBase
 
 from conveyor.worker.errors import Failure
 from conveyor.worker.ledger.database import Database, NewJob
-from conveyor.worker.models import Job, JobAttempt, JobState, JSONDocument, UTCDateTime, utcnow
-
-CLAIMABLE = (JobState.QUEUED, JobState.SCHEDULED)
-
-# The two statements on every job's path, built once: constructing SQLAlchemy statements
-# per call cost more CPU than the database round trips they make.
-_jobs = cast(Table, Job.__table__)
-_now = bindparam("b_now", type_=UTCDateTime())
-CLAIM = (
-    update(_jobs)
-    .where(
-        _jobs.c.id == bindparam("b_id"),
-        # Equalities, not IN: an IN list is rendered per execution (_direct_sql compiles once).
-        or_(*(_jobs.c.state == state.value for state in CLAIMABLE))
-        | ((_jobs.c.state == JobState.RUNNING.value) & (_jobs.c.lease_expires_at < _now)),
-    )
-    .values(
-        state=JobState.RUNNING.value,
-        attempts=_jobs.c.attempts + 1,
-        started_at=_now,
-        updated_at=_now,
-        lease_expires_at=bindparam("b_lease", type_=UTCDateTime()),
-        worker=bindparam("b_worker"),
-    )
-    .returning(_jobs.c.attempts, _jobs.c.idempotency_key)
+from conveyor.worker.ledger.inserts import insert_rows, single_insert
+from conveyor.worker.ledger.statements import (
+    CLAIM,
+    CLAIMABLE,
+    EXPIRED,
+    PROGRESS,
+    PROGRESS_NOTE_CHARS,
+    SUCCEED,
+    _direct_sql,
+    _jobs,
 )
-SUCCEED = (
-    update(_jobs)
-    .where(
-        _jobs.c.id == bindparam("b_id"),
-        _jobs.c.state == JobState.RUNNING.value,
-        _jobs.c.attempts == bindparam("b_attempt"),
-    )
-    .values(
-        state=JobState.SUCCEEDED.value,
-        result=bindparam("b_result", type_=JSONDocument),
-        finished_at=_now,
-        updated_at=_now,
-        lease_expires_at=None,
-        error_type=None,
-        error_message=None,
-        error_traceback=None,
-    )
-    .returning(_jobs.c.id)
-)
-
-
-@cache
-def _direct_sql(statement: UpdateBase) -> tuple[str, dict[str, Any]]:
-    """``statement`` as PostgreSQL SQL for psycopg, with the values of its constant
-    parameters (the states); the caller adds the ``b_*`` ones."""
-    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
-    compiled = statement.compile(dialect=dialect)
-    constants = {k: v for k, v in compiled.params.items() if not k.startswith("b_")}
-    return str(compiled), constants
+from conveyor.worker.models import Job, JobAttempt, JobState, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +49,8 @@ class Claim:
     busy_for_s: float = 0.0
     idempotency_key: str | None = None
     duplicate: bool = False
+    expired: bool = False
+    """The job's deadline passed before it started: this claim cancelled it (``expired``)."""
 
 
 class JobPath(Database):
@@ -134,7 +90,7 @@ class JobPath(Database):
         """Write many new jobs; returns ``(id, created)`` for each, in order.
 
         What :meth:`create` does for each job, with the rows written by one INSERT
-        (:func:`_insert_rows`): a job whose idempotency key is held
+        (:func:`~worker.ledger.inserts.insert_rows`): a job whose idempotency key is held
         already, by an older job or by an earlier job of the same batch, goes through
         :meth:`create`'s own path afterwards, one by one. With ``session``, every row is
         written in the caller's transaction (the outbox).
@@ -144,10 +100,10 @@ class JobPath(Database):
         now = utcnow()
         rows = [self._new_row(job, now) for job in jobs]
         if session is not None:
-            inserted = _insert_rows(session.connection(), rows)
+            inserted = insert_rows(session.connection(), rows)
         else:
             with self.autocommit() as connection:
-                inserted = _insert_rows(connection, rows)
+                inserted = insert_rows(connection, rows)
         results: list[tuple[str, bool]] = []
         for job in jobs:
             if job.id in inserted:
@@ -168,7 +124,7 @@ class JobPath(Database):
         keyed = job.idempotency_key is not None
         if self.is_postgresql:
             params = row | {"payload": Jsonb(row["payload"])}
-            return self.direct(_single_insert(tuple(row), keyed), params) is not None
+            return self.direct(single_insert(tuple(row), keyed), params) is not None
         statement = self._insert_into(_jobs).values(**row)
         with self.autocommit() as connection:
             if not keyed:
@@ -229,7 +185,9 @@ class JobPath(Database):
         """Take the job for one attempt, if nobody else holds it and it is not finished.
 
         One UPDATE in the common case. A job with no row (sent by a foreign producer)
-        is inserted from ``foreign`` and claimed in the same statement.
+        is inserted from ``foreign`` and claimed in the same statement. A job whose
+        deadline passed before it ever started is not claimed: the fallback marks it
+        ``cancelled`` (reason ``expired``) and returns ``expired=True``.
         """
         now = utcnow()
         lease_expires = now + timedelta(seconds=lease_s)
@@ -240,11 +198,21 @@ class JobPath(Database):
             return Claim(claimed[0], JobState.RUNNING, 0.0, claimed[1])
         with self.transaction() as session:
             row = session.execute(
-                select(Job.state, Job.lease_expires_at).where(Job.id == job_id)
+                select(Job.state, Job.lease_expires_at, Job.expires_at, Job.started_at).where(
+                    Job.id == job_id
+                )
             ).one_or_none()
             if row is None:
                 return self._claim_foreign(session, foreign, now, lease_expires, worker)
             state, expires = JobState(row.state), row.lease_expires_at
+            if (
+                state in CLAIMABLE
+                and row.started_at is None
+                and row.expires_at is not None
+                and row.expires_at <= now
+                and _expire(session, job_id, now)
+            ):
+                return Claim(None, JobState.CANCELLED, expired=True)
             busy_for_s = (expires - now).total_seconds() if expires is not None else 0.0
             return Claim(None, state, max(busy_for_s, 0.0))
 
@@ -288,6 +256,23 @@ class JobPath(Database):
         if session is not None:
             return session.execute(SUCCEED, params).first() is not None
         return self._autocommitted(SUCCEED, params) is not None
+
+    def progress(self, job_id: str, attempt: int, done: int, total: int, note: str | None) -> bool:
+        """Record a running attempt's progress in one autocommitted statement, outside the
+        job's own transaction (so it shows while the job runs, and stays if it fails).
+
+        Fenced on the attempt like :meth:`succeed`: False, with nothing written, when the
+        job is no longer this attempt's. ``note`` is cut to :data:`PROGRESS_NOTE_CHARS`.
+        """
+        params = {
+            "b_id": job_id,
+            "b_attempt": attempt,
+            "b_done": done,
+            "b_total": total,
+            "b_note": None if note is None else note[:PROGRESS_NOTE_CHARS],
+            "b_now": utcnow(),
+        }
+        return self._autocommitted(PROGRESS, params) is not None
 
     def _autocommitted(
         self, statement: UpdateBase, params: dict[str, Any]
@@ -372,54 +357,27 @@ class JobPath(Database):
                 )
 
 
-# A batch of new rows on PostgreSQL: one INSERT whose text does not depend on the number
-# of rows, each column passed as one array and unnested. A multi-row VALUES statement
-# (SQLAlchemy's executemany) cost 143-224 µs per row here, much of it psycopg parsing the
-# long statement; this one 36-53 µs (docs/benchmarks.md).
-@cache
-def _bulk_insert(columns: tuple[str, ...]) -> str:
-    # Built from the table's own metadata, nothing from a caller: no injection possible.
-    casts = [f"%s::{_column_type(name)}[]" for name in columns]
-    return (
-        f"INSERT INTO {_jobs.name} ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT * FROM unnest({', '.join(casts)}) "
-        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-    )
-
-
-def _column_type(name: str) -> str:
-    """The column's PostgreSQL type without its length: an explicit cast to VARCHAR(64)
-    would cut a longer value short, where the INSERT's own assignment refuses it."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return re.sub(r"\(\d+\)", "", _jobs.c[name].type.compile(dialect=dialect))
-
-
-@cache
-def _single_insert(columns: tuple[str, ...], keyed: bool) -> str:
-    """One new row for :meth:`Database.direct`; with ``keyed``, nothing if its key is held."""
-    values = [f"%({name})s::{_column_type(name)}" for name in columns]
-    conflict = " ON CONFLICT (idempotency_key) DO NOTHING" if keyed else ""
-    return (
-        f"INSERT INTO {_jobs.name} ({', '.join(columns)}) "  # noqa: S608
-        f"VALUES ({', '.join(values)}){conflict} RETURNING id"
-    )
-
-
-def _insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert new rows in one statement, skipping those whose idempotency key is held;
-    returns the ids of the rows inserted."""
-    if connection.dialect.name == "postgresql":
-        names = tuple(rows[0])  # every row has the same columns (Database._row)
-        columns = [
-            [Jsonb(row[name]) if name == "payload" else row[name] for row in rows] for name in names
-        ]
-        return set(connection.exec_driver_sql(_bulk_insert(names), tuple(columns)).scalars())
-    statement = (
-        sqlite.insert(_jobs)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(_jobs.c.id)
-    )
-    return set(connection.execute(statement, rows).scalars())
+def _expire(session: Session, job_id: str, now: datetime) -> bool:
+    """Mark a job whose deadline passed before it started ``cancelled`` (``expired``);
+    False if it has moved on meanwhile (claimed, cancelled)."""
+    cancelled = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.state.in_(CLAIMABLE),
+            Job.started_at.is_(None),
+            Job.expires_at <= now,
+        )
+        .values(
+            state=JobState.CANCELLED,
+            cancel_reason=EXPIRED,
+            finished_at=now,
+            updated_at=now,
+            run_at=None,
+        )
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    return cancelled is not None
 
 
 def lease_s_left(lease: datetime, now: datetime) -> float:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from conveyor.worker.errors import WORKER_LOST
 from conveyor.worker.ledger.database import Database
+from conveyor.worker.ledger.statements import EXPIRED
 from conveyor.worker.models import Job, JobAttempt, JobState, utcnow
 
 Publish = Callable[[Job], None]
@@ -26,6 +27,10 @@ class RelayQueries(Database):
 
     def release_due(self, publish: Publish, *, limit: int) -> int:
         """Publish scheduled jobs whose time has come and mark them ``queued``.
+
+        A job whose deadline (``expires_at``) passed before it ever started is not
+        published: it is marked ``cancelled`` (reason ``expired``) instead. Returns how
+        many were published.
 
         Rows are locked with ``SKIP LOCKED``, so several relays never publish the same row
         in one pass. The publish happens before the commit: a relay that dies in between
@@ -41,10 +46,16 @@ class RelayQueries(Database):
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
+            published = 0
             for row in rows:
+                if row.started_at is None and row.expires_at is not None and row.expires_at <= now:
+                    row.state, row.cancel_reason, row.finished_at = JobState.CANCELLED, EXPIRED, now
+                    row.run_at, row.updated_at = None, now
+                    continue
                 publish(row)
+                published += 1
                 row.state, row.run_at, row.updated_at = JobState.QUEUED, None, now
-            return len(rows)
+            return published
 
     def recover_expired(self, publish: Publish, *, limit: int) -> int:
         """Put back running jobs whose lease expired (their worker vanished).

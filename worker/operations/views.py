@@ -38,4 +38,19 @@ def job_view(job: Job) -> dict[str, Any]:
         "run_at": iso(job.run_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "expires_at": iso(job.expires_at),
+        "cancel_reason": job.cancel_reason,
+        "progress": progress_view(job),
+    }
+
+
+def progress_view(job: Job) -> dict[str, Any] | None:
+    """The job's last reported progress (``ctx.progress``), or None if it reported none."""
+    if job.progress_total is None:
+        return None
+    return {
+        "done": job.progress_done,
+        "total": job.progress_total,
+        "note": job.progress_note,
+        "at": iso(job.progress_at),
     }
