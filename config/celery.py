@@ -172,6 +172,9 @@ def task_options(
     options: dict[str, Any] = {
         "name": name,
         "bind": True,
+        # This app's own: a shared task would be added to every app built later in the same
+        # process (tests, the pytest plugin), bound to this app's runtime and ledger.
+        "shared": False,
         "typing": False,
         "throws": throws,
         # Retries are the ledger's business; Celery's retry only republishes a message the
