@@ -50,13 +50,16 @@ CLAIM = (
     )
     .returning(_jobs.c.attempts, _jobs.c.idempotency_key)
 )
+_THIS_ATTEMPT = (
+    _jobs.c.id == bindparam("b_id"),
+    _jobs.c.state == JobState.RUNNING.value,
+    _jobs.c.attempts == bindparam("b_attempt"),
+)
+"""Fences a write to the attempt that holds the job: a worker whose lease was taken over
+writes nothing."""
 SUCCEED = (
     update(_jobs)
-    .where(
-        _jobs.c.id == bindparam("b_id"),
-        _jobs.c.state == JobState.RUNNING.value,
-        _jobs.c.attempts == bindparam("b_attempt"),
-    )
+    .where(*_THIS_ATTEMPT)
     .values(
         state=JobState.SUCCEEDED.value,
         result=bindparam("b_result", type_=JSONDocument),
@@ -71,11 +74,7 @@ SUCCEED = (
 )
 PROGRESS = (
     update(_jobs)
-    .where(
-        _jobs.c.id == bindparam("b_id"),
-        _jobs.c.state == JobState.RUNNING.value,
-        _jobs.c.attempts == bindparam("b_attempt"),
-    )
+    .where(*_THIS_ATTEMPT)
     .values(
         progress_done=bindparam("b_done"),
         progress_total=bindparam("b_total"),
