@@ -162,8 +162,12 @@ class Collector:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def collector() -> Iterator[Collector]:
+    """One receiver per test process, for as long as the process: tracing is set up once
+    per process and cannot be set up again after :func:`shutdown_tracing`, and a test
+    process may run this module's tests with other modules' in between (``worksteal``),
+    which would tear a module-scoped receiver down and start another on a new port."""
     receiver = Collector()
     yield receiver
     shutdown_tracing()  # this process stops exporting before the receiver goes away
@@ -184,7 +188,7 @@ def traced_env(
 def traced_app(
     broker_url: str, own_ledger_url: str, tmp_path: Path, collector: Collector
 ) -> Iterator[ConveyorApp]:
-    """The producer side, with tracing set up in this process (once, for the module)."""
+    """The producer side, with tracing set up in this process (once per test process)."""
     settings = load_settings(
         broker_url=broker_url,
         database_url=own_ledger_url,
