@@ -19,7 +19,9 @@ from conveyor.config import Settings, celery_config
 from conveyor.config.celery import on_default_exchange, retry_later, task_options
 from conveyor.config.settings import BrokerKind
 from conveyor.worker.deadletter import DeadLetters
+from conveyor.worker.delivery import delivery_from_request
 from conveyor.worker.embedded import tune_embedded_transport
+from conveyor.worker.errors import DeadLettered, Redundant, RetryScheduled
 from conveyor.worker.jobs import REGISTRY, JobSpec, import_task_modules
 from conveyor.worker.leader import RelayStep
 from conveyor.worker.ledger import Ledger
@@ -27,14 +29,7 @@ from conveyor.worker.observability.probes import ConsumingStep
 from conveyor.worker.observability.tracing import init_tracing
 from conveyor.worker.outcomes import Outcomes, default_observers
 from conveyor.worker.pauses import PauseStep
-from conveyor.worker.runtime import (
-    DeadLettered,
-    Postpone,
-    Redundant,
-    RetryScheduled,
-    Runtime,
-    delivery_from_request,
-)
+from conveyor.worker.runtime import Postpone, Runtime
 from conveyor.worker.timers import CompactTimers
 
 REFERENCE_JOBS = ("conveyor.tasks.demo", "conveyor.tasks.webhooks")

@@ -4,6 +4,8 @@
 - :class:`Fatal` and its children: dead-letter at once, no retries.
 - :class:`UsageError` and its children: a caller (CLI, client, config) made a mistake;
   report one clear line, never a traceback.
+- :class:`Ended` and its children: the job's outcome is in the ledger already; end the
+  Celery task so that Flower shows it (never an error of Conveyor's).
 """
 
 from __future__ import annotations
@@ -70,6 +72,37 @@ class EnqueueError(ConveyorError):
 
 class WorkerLost(Retryable):
     """An attempt ended with its worker process (killed, or past its hard time limit)."""
+
+
+# -- how a worker's Celery task ends when the job did not succeed -------------------------------
+
+
+class Ended(Exception):
+    """The attempt did not succeed, and the ledger already has its outcome.
+
+    Raised by :meth:`worker.runtime.Runtime.attempt` so that the Celery task ends the way
+    Flower should show it (:mod:`worker.app` turns each kind into Celery's ending; the table
+    in :mod:`worker.runtime`). The message names the error's type and the outcome, never
+    the error's message, which may quote the payload: Celery copies it into the task's
+    events, its log and the task's span.
+    One string argument only, so it pickles across the prefork pool.
+    """
+
+
+class RetryScheduled(Ended):
+    """The job waits in the ledger (``scheduled``) for its next attempt: Flower's RETRY."""
+
+
+class DeadLettered(Ended):
+    """The job is dead-lettered (ledger, then ``Q.dead``): the Celery task fails (FAILURE)."""
+
+
+class Redundant(Ended):
+    """This delivery changed nothing (skipped duplicate, lease lost): no outcome to show."""
+
+
+LEASE_LOST = "lease lost: another worker took the job over"
+""":class:`Redundant`'s message for an attempt fenced out by another worker's claim."""
 
 
 # -- what the ledger records of an error --------------------------------------------------------

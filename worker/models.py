@@ -74,6 +74,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def partial_index(predicate: str) -> dict[str, Any]:
+    """An index's ``WHERE``, on PostgreSQL and SQLite alike (migration 0010 builds the same)."""
+    return {"postgresql_where": text(predicate), "sqlite_where": text(predicate)}
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime,
@@ -143,11 +148,7 @@ class Job(Base):
             "queue",
             "state",
             "updated_at",
-            postgresql_where=text(
-                "state IN ('queued', 'running', 'scheduled') "
-                "OR (state = 'dead' AND replayed_as IS NULL)"
-            ),
-            sqlite_where=text(
+            **partial_index(
                 "state IN ('queued', 'running', 'scheduled') "
                 "OR (state = 'dead' AND replayed_as IS NULL)"
             ),
@@ -155,35 +156,30 @@ class Job(Base):
         Index(
             "ix_conveyor_jobs_due",
             "run_at",
-            postgresql_where=text("state = 'scheduled'"),
-            sqlite_where=text("state = 'scheduled'"),
+            **partial_index("state = 'scheduled'"),
         ),
         Index(
             "ix_conveyor_jobs_leases",
             "lease_expires_at",
-            postgresql_where=text("state = 'running'"),
-            sqlite_where=text("state = 'running'"),
+            **partial_index("state = 'running'"),
         ),
         Index(
             "ix_conveyor_jobs_finished",
             "state",
             "finished_at",
-            postgresql_where=text("finished_at IS NOT NULL"),
-            sqlite_where=text("finished_at IS NOT NULL"),
+            **partial_index("finished_at IS NOT NULL"),
         ),
         Index(
             "ix_conveyor_jobs_dead_letters",
             "finished_at",
             "id",
             postgresql_include=["task", "error_type", "queue"],
-            postgresql_where=text("state = 'dead' AND replayed_as IS NULL"),
-            sqlite_where=text("state = 'dead' AND replayed_as IS NULL"),
+            **partial_index("state = 'dead' AND replayed_as IS NULL"),
         ),
         Index(
             "ix_conveyor_jobs_replays",
             "replay_of",
-            postgresql_where=text("replay_of IS NOT NULL"),
-            sqlite_where=text("replay_of IS NOT NULL"),
+            **partial_index("replay_of IS NOT NULL"),
         ),
     )
 

@@ -81,9 +81,21 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from conveyor.worker.constants import IDEMPOTENCY_HEADER, DeadReason
+from conveyor.worker.constants import DeadReason
 from conveyor.worker.deadletter import DeadLetters, Letter
-from conveyor.worker.errors import WORKER_LOST, Failure, Fatal, PayloadInvalid, failure_of
+from conveyor.worker.delivery import Delivery
+from conveyor.worker.errors import (
+    LEASE_LOST,
+    WORKER_LOST,
+    DeadLettered,
+    Ended,
+    Failure,
+    Fatal,
+    PayloadInvalid,
+    Redundant,
+    RetryScheduled,
+    failure_of,
+)
 from conveyor.worker.heartbeat import Heartbeat
 from conveyor.worker.jobs import JobContext, JobSpec
 from conveyor.worker.ledger import Claim, Ledger, NewJob
@@ -108,62 +120,6 @@ class Postpone(Exception):
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
         super().__init__(f"postponed {delay_s:.1f}s")
-
-
-class Ended(Exception):
-    """The attempt did not succeed, and the ledger already has its outcome.
-
-    Raised by :meth:`Runtime.attempt` so that the Celery task ends the way Flower should
-    show it (:mod:`worker.app` turns each kind into Celery's ending; the table above). The
-    message names the error's type and the outcome, never the error's message, which may
-    quote the payload: Celery copies it into the task's events, its log and the task's span.
-    One string argument only, so it pickles across the prefork pool.
-    """
-
-
-class RetryScheduled(Ended):
-    """The job waits in the ledger (``scheduled``) for its next attempt: Flower's RETRY."""
-
-
-class DeadLettered(Ended):
-    """The job is dead-lettered (ledger, then ``Q.dead``): the Celery task fails (FAILURE)."""
-
-
-class Redundant(Ended):
-    """This delivery changed nothing (skipped duplicate, lease lost): no outcome to show."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """The parts of a Celery message the runtime needs."""
-
-    job_id: str
-    queue: str
-    payload: dict[str, Any]
-    idempotency_key: str | None
-    priority: int | None
-    args: tuple[Any, ...] = ()
-    worker: str | None = None
-    """The Celery node name of the worker that received it (``w1@host``): the ledger's
-    ``worker`` column, so `conveyor jobs show` says which worker ran an attempt."""
-
-
-def delivery_from_request(
-    request: Any, payload: dict[str, Any], default_queue: str, *, args: tuple[Any, ...] = ()
-) -> Delivery:
-    """Read a :class:`Delivery` from Celery's task request (protocol v2 message)."""
-    info = request.delivery_info or {}
-    headers = request.headers or {}
-    key = headers.get(IDEMPOTENCY_HEADER) or getattr(request, IDEMPOTENCY_HEADER, None)
-    return Delivery(
-        job_id=request.id,
-        queue=info.get("routing_key") or default_queue,
-        payload=payload,
-        idempotency_key=str(key) if key is not None else None,
-        priority=info.get("priority"),
-        args=tuple(args),
-        worker=getattr(request, "hostname", None),
-    )
 
 
 def jsonable(value: Any) -> Any:
@@ -290,7 +246,7 @@ class Runtime:
                 return self._run(attempt)
         except LeaseLost:
             self.outcomes.emit(attempt.event(Event.LEASE_LOST, run_s=attempt.run_s))
-            raise Redundant("lease lost: another worker took the job over") from None
+            raise Redundant(LEASE_LOST) from None
         except DataError as error:  # the job's own statement failed: the job's error
             raise self._failed(attempt, error) from None
         except SQLAlchemyError:
@@ -384,7 +340,7 @@ class Runtime:
             )
         )
         if event is Event.LEASE_LOST:
-            return Redundant("lease lost: another worker took the job over")
+            return Redundant(LEASE_LOST)
         return RetryScheduled(
             f"{failure.error_type}: attempt {attempt.number} of "
             f"{attempt.spec.policy.max_attempts} failed, next attempt in {decision.delay_s:.1f}s"
@@ -393,7 +349,7 @@ class Runtime:
     def _bury(self, letter: Letter) -> Ended:
         """Dead-letter ``letter``; returns how the task ends (raises as ``bury`` does)."""
         if not self.dead_letters.bury(letter):
-            return Redundant("lease lost: another worker took the job over")  # it emitted that
+            return Redundant(LEASE_LOST)  # it emitted that
         return DeadLettered(f"{letter.failure.error_type}: dead-lettered ({letter.reason.value})")
 
     def _unstorable(self, spec: JobSpec, delivery: Delivery, error: DataError) -> Ended:

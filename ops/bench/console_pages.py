@@ -26,9 +26,6 @@ import html
 import json
 import os
 import re
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -38,24 +35,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from ops.bench.http_enqueue import free_port
+from ops.bench.http_enqueue import api_server, conveyor, percentile
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").is_dir() else sys.executable
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-STARTUP_TIMEOUT_S = 60.0
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [PYTHON, "-m", "conveyor.worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return done.stdout
 
 
 def sample_rows(ledger_url: str) -> dict[str, Any]:
@@ -93,8 +75,8 @@ def measure(client: httpx.Client, path: str, repeat: int) -> dict[str, float]:
         answer.raise_for_status()
     times_ms.sort()
     return {
-        "p50_ms": statistics.median(times_ms),
-        "p95_ms": times_ms[max(0, round(0.95 * len(times_ms)) - 1)],
+        "p50_ms": percentile(times_ms, 50),
+        "p95_ms": percentile(times_ms, 95),
         "max_ms": times_ms[-1],
     }
 
@@ -116,44 +98,30 @@ def main() -> None:
         "CONVEYOR_LOG_LEVEL": "WARNING",
     }
     name = f"console-bench-{uuid.uuid4().hex[:8]}"
-    token = json.loads(cli(env, "apikey", "create", name, "--scope", "admin", "--json"))["token"]
-    port = free_port()
-    server = subprocess.Popen(
-        [PYTHON, "-m", "conveyor.worker.cli", "api", "--port", str(port), "--no-access-log"],
-        env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
+    token = json.loads(conveyor(["apikey", "create", name, "--scope", "admin", "--json"], env))[
+        "token"
+    ]
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.2)
-        client = sign_in(base_url, token)
-        first = client.get("/console/jobs").text
-        cursor = re.search(r'href="\?([^"]*cursor=[^"]+)"', first)
-        payload = f"{sample['field']} = {json.dumps(sample['value'])}"
-        pages = {
-            "job list": "/console/jobs",
-            "job list, page 2": "/console/jobs?" + html.unescape(cursor.group(1))
-            if cursor
-            else "/console/jobs",
-            "filtered list": "/console/jobs?"
-            + str(httpx.QueryParams(task=sample["task"], state="succeeded", payload=payload)),
-            "job page": f"/console/jobs/{sample['job_id']}",
-            "overview": "/console/",
-            "overview (live part)": "/console/fragments/overview",
-            "dead letters": "/console/dead-letters",
-        }
-        results = {label: measure(client, path, args.repeat) for label, path in pages.items()}
+        with api_server(env, Path(data_dir) / "api.log") as base_url:
+            client = sign_in(base_url, token)
+            first = client.get("/console/jobs").text
+            cursor = re.search(r'href="\?([^"]*cursor=[^"]+)"', first)
+            payload = f"{sample['field']} = {json.dumps(sample['value'])}"
+            pages = {
+                "job list": "/console/jobs",
+                "job list, page 2": "/console/jobs?" + html.unescape(cursor.group(1))
+                if cursor
+                else "/console/jobs",
+                "filtered list": "/console/jobs?"
+                + str(httpx.QueryParams(task=sample["task"], state="succeeded", payload=payload)),
+                "job page": f"/console/jobs/{sample['job_id']}",
+                "overview": "/console/",
+                "overview (live part)": "/console/fragments/overview",
+                "dead letters": "/console/dead-letters",
+            }
+            results = {label: measure(client, path, args.repeat) for label, path in pages.items()}
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        cli(env, "apikey", "revoke", name)
+        conveyor(["apikey", "revoke", name], env)
     if args.json:
         print(json.dumps({"pages": pages, "results": results}, indent=2))
         return

@@ -745,9 +745,9 @@ def ledger_micro(app: Any, rows: int = MICRO_ROWS) -> dict[str, Any]:
     the worker's two writes, and ``execute`` the whole attempt as the worker runs it
     (claim, lease heartbeat, run the no-op inside ``ctx.session``, succeed, commit).
     """
+    from conveyor.worker.delivery import Delivery
     from conveyor.worker.jobs import spec_for
     from conveyor.worker.ledger import Ledger, NewJob
-    from conveyor.worker.runtime import Delivery
 
     ledger = app.ledger
     spec = spec_for(TASK)

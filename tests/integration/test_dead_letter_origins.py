@@ -22,13 +22,13 @@ from conveyor.worker.app import ConveyorApp
 from conveyor.worker.client import enqueue
 from conveyor.worker.constants import DeadReason
 from conveyor.worker.deadletter import Letter
+from conveyor.worker.delivery import Delivery
 from conveyor.worker.errors import Failure, PayloadInvalid, UnknownTask
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.ledger import NewJob
 from conveyor.worker.models import JobState
 from conveyor.worker.operations.dlq import DeadFilter, list_dead
 from conveyor.worker.outcomes import Event, JobEvent
-from conveyor.worker.runtime import Delivery
 from tests.conftest import (
     REDIS_URL,
     ProcessFactory,

@@ -185,11 +185,7 @@ def flower_stack(
 @pytest.fixture(scope="module")
 def sentry() -> Iterator[FakeSentry]:
     """Sentry's ingest endpoint for the module's workers (see test_sentry.py)."""
-    fake = FakeSentry()
-    fake.thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    yield from FakeSentry.serving()
 
 
 @pytest.fixture(scope="module", params=sorted(BROKERS))

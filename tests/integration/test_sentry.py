@@ -71,6 +71,15 @@ class FakeSentry:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    @classmethod
+    def serving(cls) -> Iterator[FakeSentry]:
+        """A fixture's body: start one, yield it, shut it down."""
+        fake = cls()
+        fake.thread.start()
+        yield fake
+        fake.server.shutdown()
+        fake.server.server_close()
+
     @property
     def dsn(self) -> str:
         return f"http://key@127.0.0.1:{self.server.server_address[1]}/{PROJECT_ID}"
@@ -115,11 +124,7 @@ def envelope_items(envelope: bytes) -> Iterator[tuple[dict[str, Any], bytes]]:
 
 @pytest.fixture
 def sentry() -> Iterator[FakeSentry]:
-    fake = FakeSentry()
-    fake.thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    yield from FakeSentry.serving()
 
 
 def events_by_job(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

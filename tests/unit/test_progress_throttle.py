@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from conveyor.worker import jobs
-from conveyor.worker.jobs import PROGRESS_EVERY_S, JobContext
+from conveyor.worker.jobs import PROGRESS_EVERY_S, JobContext, ProgressWriter
 
 pytestmark = pytest.mark.unit
 
@@ -26,11 +26,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def context(written: list[tuple[int, int, str | None]]) -> JobContext:
-    def write(done: int, total: int, note: str | None) -> bool:
-        written.append((done, total, note))
-        return True
-
+def context(write: ProgressWriter) -> JobContext:
     return JobContext(
         job_id="j",
         attempt=1,
@@ -53,11 +49,19 @@ TIMELINE = [
 ]
 
 
+def recording(written: list[tuple[int, int, str | None]]) -> ProgressWriter:
+    def write(done: int, total: int, note: str | None) -> bool:
+        written.append((done, total, note))
+        return True
+
+    return write
+
+
 def test_progress_is_written_at_most_every_half_second_and_always_at_the_end(
     clock: Clock,
 ) -> None:
     written: list[tuple[int, int, str | None]] = []
-    ctx = context(written)
+    ctx = context(recording(written))
     for step_s, done, expected in TIMELINE:
         clock.now += step_s
         assert ctx.progress(done, 10, note=f"n{done}") is expected
@@ -69,7 +73,7 @@ def test_progress_is_written_at_most_every_half_second_and_always_at_the_end(
 def test_progress_out_of_range_is_the_jobs_error(clock: Clock, done: int, total: int) -> None:
     written: list[tuple[int, int, str | None]] = []
     with pytest.raises(ValueError, match="0 <= done <= total"):
-        context(written).progress(done, total)
+        context(recording(written)).progress(done, total)
     assert written == []
 
 
@@ -77,16 +81,7 @@ def test_a_failed_progress_write_is_dropped_not_raised(clock: Clock) -> None:
     def down(done: int, total: int, note: str | None) -> bool:
         raise OperationalError("UPDATE", {}, Exception("connection refused"))
 
-    ctx = JobContext(
-        job_id="j",
-        attempt=1,
-        max_attempts=1,
-        idempotency_key=None,
-        task="t",
-        queue="q",
-        write_progress=down,
-    )
-    assert ctx.progress(1, 2) is False
+    assert context(down).progress(1, 2) is False
 
 
 def test_a_context_without_a_ledger_reports_nothing() -> None:

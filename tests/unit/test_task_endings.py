@@ -14,8 +14,8 @@ import pytest
 from celery.exceptions import Retry
 
 from conveyor.config.celery import task_options
+from conveyor.worker.errors import DeadLettered, Ended, Redundant, RetryScheduled
 from conveyor.worker.observability.sentry import FILTERED, before_send
-from conveyor.worker.runtime import DeadLettered, Ended, Redundant, RetryScheduled
 
 pytestmark = pytest.mark.unit
 

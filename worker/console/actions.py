@@ -40,25 +40,50 @@ def back(path: str, **params: str) -> RedirectResponse:
     return RedirectResponse(f"{PREFIX}{path}{query}", status_code=303)
 
 
+def set_cookie(
+    response: Response,
+    request: Request,
+    name: str,
+    value: str,
+    *,
+    path: str,
+    max_age: float | None = None,
+) -> None:
+    """A console cookie: HttpOnly, SameSite=Strict, Secure when the request came over TLS."""
+    response.set_cookie(
+        name,
+        value,
+        httponly=True,
+        samesite="strict",
+        path=path,
+        secure=request.url.scheme == "https",
+        max_age=int(max_age) if max_age is not None else None,
+    )
+
+
 def actions_router(app: ConveyorApp, gate: Gate, sessions: Sessions) -> APIRouter:
     """Every action, under ``/console``: signing in and out here, the rest below."""
     router = APIRouter(prefix="/console", include_in_schema=False)
     PostedViewer = Annotated[Viewer, Depends(gate.posted(Role.VIEWER))]
 
+    def login_form(
+        request: Request, next_path: str | None, *, error: str | None = None
+    ) -> HTMLResponse:
+        """The sign-in page, with a fresh token for its form in a cookie of its own."""
+        token = secrets.token_urlsafe(32)
+        context = {
+            "login_csrf": token,
+            "next": safe_next(next_path),
+            "error": error,
+            "users": bool(sessions.users),
+        }
+        response = render(request, "login.html", None, context, status_code=401 if error else 200)
+        set_cookie(response, request, LOGIN_COOKIE, token, path=f"{PREFIX}/login")
+        return response
+
     @router.get("/login", response_class=HTMLResponse)
     def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-        token = secrets.token_urlsafe(32)
-        context = {"login_csrf": token, "next": safe_next(next), "users": bool(sessions.users)}
-        response = render(request, "login.html", None, context)
-        response.set_cookie(
-            LOGIN_COOKIE,
-            token,
-            httponly=True,
-            samesite="strict",
-            path=f"{PREFIX}/login",
-            secure=request.url.scheme == "https",
-        )
-        return response
+        return login_form(request, next)
 
     @router.post("/login", response_class=HTMLResponse)
     def login(
@@ -72,45 +97,18 @@ def actions_router(app: ConveyorApp, gate: Gate, sessions: Sessions) -> APIRoute
         """Sign in with an API key, or a name and password; a session cookie comes back."""
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not secrets.compare_digest(csrf_token, expected):
-            return _login_again(request, "the sign-in form expired: try again", next)
+            return login_form(request, next, error="the sign-in form expired: try again")
         if api_key:
             token = sessions.with_key(api_key.strip())
         elif username:
             token = sessions.with_password(username, password)
         else:
-            return _login_again(request, "give an API key, or a name and password", next)
+            return login_form(request, next, error="give an API key, or a name and password")
         if token is None:
-            return _login_again(request, "those credentials do not open the console", next)
+            return login_form(request, next, error="those credentials do not open the console")
         response = RedirectResponse(safe_next(next), status_code=303)
-        response.set_cookie(
-            COOKIE,
-            token,
-            httponly=True,
-            samesite="strict",
-            path=PREFIX,
-            secure=request.url.scheme == "https",
-            max_age=int(sessions.lifetime_s),
-        )
+        set_cookie(response, request, COOKIE, token, path=PREFIX, max_age=sessions.lifetime_s)
         response.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
-        return response
-
-    def _login_again(request: Request, error: str, next_path: str) -> HTMLResponse:
-        token = secrets.token_urlsafe(32)
-        context = {
-            "login_csrf": token,
-            "next": safe_next(next_path),
-            "error": error,
-            "users": bool(sessions.users),
-        }
-        response = render(request, "login.html", None, context, status_code=401)
-        response.set_cookie(
-            LOGIN_COOKIE,
-            token,
-            httponly=True,
-            samesite="strict",
-            path=f"{PREFIX}/login",
-            secure=request.url.scheme == "https",
-        )
         return response
 
     @router.post("/logout")
@@ -136,29 +134,14 @@ def triage_router(app: ConveyorApp, gate: Gate) -> APIRouter:
         """What a replay or purge of the filter would take, before anything is done."""
         params = dict(request.query_params)
         given = filled(params, DEAD_FIELDS)
+        if action not in ("replay", "purge"):
+            raise Denied(400, "the action is replay or purge", viewer=viewer)
         try:
             where = dead_filter(params)
         except BadFilter as error:
-            return render(
-                request,
-                "denied.html",
-                viewer,
-                {"status": 400, "detail": str(error)},
-                status_code=400,
-            )
-        if action not in ("replay", "purge"):
-            return render(
-                request,
-                "denied.html",
-                viewer,
-                {"status": 400, "detail": "replay or purge"},
-                status_code=400,
-            )
-        outcome = (
-            dlq.replay(app, where, actor=viewer.actor, dry_run=True)
-            if action == "replay"
-            else (dlq.purge(app, where, actor=viewer.actor, dry_run=True))
-        )
+            raise Denied(400, str(error), viewer=viewer) from None
+        act = dlq.replay if action == "replay" else dlq.purge
+        outcome = act(app, where, actor=viewer.actor, dry_run=True)
         context = {
             "action": action,
             "f": given,
@@ -177,9 +160,7 @@ def triage_router(app: ConveyorApp, gate: Gate) -> APIRouter:
         """Replay what the filter matches, at most the ``expected`` letters the preview
         counted (oldest first: letters that died since the preview wait for the next)."""
         outcome = dlq.replay(app, where, actor=viewer.actor, rate_per_s=rate_per_s, limit=expected)
-        if outcome.audit_id is None:
-            return back("/audit")
-        return back(f"/audit/{outcome.audit_id}")
+        return back(f"/audit/{outcome.audit_id}")  # a replay always writes its audit entry
 
     @router.post("/dead-letters/purge")
     def purge(

@@ -20,7 +20,7 @@ from conveyor.worker.api.problems import ProblemError
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.console import queries
 from conveyor.worker.console.access import Role, Viewer
-from conveyor.worker.console.web import Gate, render
+from conveyor.worker.console.web import Denied, Gate, render
 from conveyor.worker.constants import DeadReason
 from conveyor.worker.ledger.dead import DeadFilter
 from conveyor.worker.models import JobState
@@ -95,6 +95,16 @@ def filled(params: dict[str, str], fields: tuple[str, ...]) -> dict[str, str]:
     return {name: params[name] for name in fields if params.get(name)}
 
 
+def page_cursor(text: str | None) -> Cursor | None:
+    """The cursor of a "next page" link, as :class:`Cursor` reads it."""
+    if not text:
+        return None
+    try:
+        return Cursor.decode(text)
+    except ProblemError as error:
+        raise BadFilter(error.detail) from None
+
+
 def trace_id(traceparent: str | None) -> str | None:
     parts = (traceparent or "").split("-")
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
@@ -118,7 +128,8 @@ def pages_router(app: ConveyorApp, gate: Gate) -> APIRouter:
 
     @router.get("/queues", response_class=HTMLResponse)
     def queues(request: Request, viewer: Reader) -> HTMLResponse:
-        return render(request, "queues.html", viewer, {"o": queries.overview(app.ledger, fleet)})
+        o = queries.overview(app.ledger, fleet, chart=False)
+        return render(request, "queues.html", viewer, {"o": o})
 
     router.include_router(record_pages(app, gate))
     return router
@@ -138,7 +149,7 @@ def record_pages(app: ConveyorApp, gate: Gate) -> APIRouter:
     def job(request: Request, job_id: str, viewer: Reader) -> HTMLResponse:
         detail = queries.job_detail(app.ledger, job_id)
         if detail is None:
-            return not_found(request, viewer, f"no job {job_id!r}")
+            raise Denied(404, f"no job {job_id!r}", viewer=viewer)
         trace = trace_id(detail.job.traceparent)
         link = trace_url.replace("{trace_id}", trace) if trace and trace_url else None
         context = {"d": detail, "trace_id": trace, "trace_link": link}
@@ -157,7 +168,7 @@ def record_pages(app: ConveyorApp, gate: Gate) -> APIRouter:
     def audit_entry(request: Request, entry_id: int, viewer: Reader) -> HTMLResponse:
         progress = queries.audit_entry(app.ledger, entry_id)
         if progress is None:
-            return not_found(request, viewer, f"no audit entry {entry_id}")
+            raise Denied(404, f"no audit entry {entry_id}", viewer=viewer)
         return render(request, "audit_entry.html", viewer, {"p": progress})
 
     @router.get("/fragments/audit/{entry_id}", response_class=HTMLResponse)
@@ -168,11 +179,6 @@ def record_pages(app: ConveyorApp, gate: Gate) -> APIRouter:
     return router
 
 
-def not_found(request: Request, viewer: Viewer, detail: str) -> HTMLResponse:
-    context = {"status": 404, "detail": detail}
-    return render(request, "denied.html", viewer, context, status_code=404)
-
-
 def jobs_page(app: ConveyorApp, request: Request, viewer: Viewer) -> HTMLResponse:
     """The job list: filters from the URL, newest first, a cursor to the older page."""
     params = dict(request.query_params)
@@ -180,14 +186,10 @@ def jobs_page(app: ConveyorApp, request: Request, viewer: Viewer) -> HTMLRespons
     context: dict[str, Any] = {"f": given, "states": list(JobState), "rows": [], "next": None}
     try:
         where = job_filter(params)
-        cursor = Cursor.decode(params["cursor"]) if params.get("cursor") else None
+        cursor = page_cursor(params.get("cursor"))
     except BadFilter as error:
         return render(
             request, "jobs.html", viewer, context | {"error": str(error)}, status_code=400
-        )
-    except ProblemError as error:
-        return render(
-            request, "jobs.html", viewer, context | {"error": error.detail}, status_code=400
         )
     rows, following = page(app.ledger, where, cursor=cursor, limit=PAGE_SIZE)
     if following is not None:

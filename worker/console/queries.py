@@ -26,7 +26,7 @@ from conveyor.worker.operations.scale import (
     finished_rates,
     fleet,
 )
-from conveyor.worker.operations.stats import queue_stats
+from conveyor.worker.operations.stats import empty_queue, queue_stats
 
 CHART_MINUTES = 60
 """How far back the overview's chart goes, one bar per minute."""
@@ -156,31 +156,20 @@ class Overview:
         }
 
 
-def overview(ledger: Ledger, workers: FleetCache) -> Overview:
-    """The chart, every queue's backlog, oldest age, consumers and rate, and the relay's lag."""
+def overview(ledger: Ledger, workers: FleetCache, *, chart: bool = True) -> Overview:
+    """The chart (unless ``chart`` is false: the queues page has none), every queue's
+    backlog, oldest age, consumers and rate, and the relay's lag."""
     stats = queue_stats(ledger)
     consumers = workers.consumers()
     names = {q["name"] for q in stats["queues"]}
     queues = list(stats["queues"])
-    queues += [_empty_queue(name) for name in sorted(set(consumers) - names)]
+    queues += [empty_queue(name) for name in sorted(set(consumers) - names)]
     rates = finished_per_minute(ledger)
     for queue in queues:
         queue["workers"] = sorted(consumers.get(queue["name"], []))
         queue["rate_per_min"] = rates.get(queue["name"], 0)
     queues.sort(key=lambda q: q["name"])
-    return Overview(throughput(ledger), queues, stats["relay_lag_s"])
-
-
-def _empty_queue(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "depth": 0,
-        "running": 0,
-        "scheduled": 0,
-        "dead": 0,
-        "oldest_queued_age_s": None,
-        "paused": False,
-    }
+    return Overview(throughput(ledger) if chart else [], queues, stats["relay_lag_s"])
 
 
 def finished_per_minute(ledger: Ledger, *, window_s: float = RATE_WINDOW_S) -> dict[str, int]:

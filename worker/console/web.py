@@ -22,6 +22,7 @@ from typing import Any, Final
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.worker.console.access import Role, Sessions, Viewer
@@ -151,7 +152,7 @@ class Gate:
         gate = self.at_least(role)
 
         async def admitted(request: Request) -> Viewer:
-            viewer = gate(request)
+            viewer = await run_in_threadpool(gate, request)  # a ledger read: off the loop
             form = await request.form()
             token = form.get("csrf_token")
             if not viewer.csrf_ok(token if isinstance(token, str) else None):

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeGuard
 
 from sqlalchemy import ColumnElement, delete, literal, select
 
@@ -54,9 +55,12 @@ class RetentionPolicy:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.finished_s and self.finished_s > 0) or bool(
-            self.dead_s and self.dead_s > 0
-        )
+        return _kept_for(self.finished_s) or _kept_for(self.dead_s)
+
+
+def _kept_for(age_s: float | None) -> TypeGuard[float]:
+    """Whether an age is a limit (None, 0 or less keep jobs for ever)."""
+    return age_s is not None and age_s > 0
 
 
 @dataclass(slots=True)
@@ -80,14 +84,14 @@ def rules(policy: RetentionPolicy, now: datetime) -> list[list[ColumnElement[boo
     at once it could not read them in ``finished_at`` order). A rule whose age is off is
     left out."""
     found: list[list[ColumnElement[bool]]] = []
-    if policy.finished_s is not None and policy.finished_s > 0:
+    if _kept_for(policy.finished_s):
         cutoff = now - timedelta(seconds=policy.finished_s)
         for state in (JobState.SUCCEEDED, JobState.CANCELLED):
             found.append([Job.state == state, Job.finished_at < cutoff])
         found.append(
             [Job.state == JobState.DEAD, Job.replayed_as.is_not(None), Job.finished_at < cutoff]
         )
-    if policy.dead_s is not None and policy.dead_s > 0:
+    if _kept_for(policy.dead_s):
         cutoff = now - timedelta(seconds=policy.dead_s)
         found.append([Job.state == JobState.DEAD, Job.finished_at < cutoff])
     return found

@@ -9,9 +9,9 @@ What reaches Sentry (the table is in ``docs/sentry.md``):
   reports none of them: the runtime catches a job's errors and ends the Celery task with
   what the ledger recorded (:mod:`worker.runtime`, so that Flower shows it) — a retry as
   Celery's ``Retry`` and a duplicate as ``Ignore``, which the integration ignores, and a
-  dead letter as :class:`~worker.runtime.DeadLettered`, which every task declares in its
+  dead letter as :class:`~worker.errors.DeadLettered`, which every task declares in its
   ``throws``, which the integration skips; :func:`before_send` drops any
-  :class:`~worker.runtime.Ended` that would reach Sentry all the same. An unreachable
+  :class:`~worker.errors.Ended` that would reach Sentry all the same. An unreachable
   ledger becomes Celery's ``Retry`` too, and a poison message is rejected before any task
   runs. A job that fails, retries and then succeeds reports nothing.
 - **an unexpected API error** (a bare 500): :func:`report_unexpected`, from
@@ -44,11 +44,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from conveyor.config import Settings
-from conveyor.worker.errors import Failure
+from conveyor.worker.errors import Ended, Failure
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.observability.logs import job_fields
 from conveyor.worker.outcomes import Event
-from conveyor.worker.runtime import Ended
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event as SentryEvent
@@ -286,7 +285,7 @@ def before_send(event: SentryEvent, hint: Hint) -> SentryEvent | None:
     """Sentry's ``before_send``: drop the exceptions that end Conveyor's tasks, then
     :func:`scrub` the rest.
 
-    An :class:`~worker.runtime.Ended` (a dead letter, a scheduled retry, a skipped
+    An :class:`~worker.errors.Ended` (a dead letter, a scheduled retry, a skipped
     duplicate) is an outcome the ledger recorded, not an error of Conveyor's: the dead
     letter's one event is :class:`SentryObserver`'s. The Celery integration already skips
     them (``throws``, ``Retry``, ``Ignore``); this holds whatever else captures them.

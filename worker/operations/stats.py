@@ -27,6 +27,12 @@ def _age_s(since: datetime | None, now: datetime) -> float | None:
     return max((now - since).total_seconds(), 0.0) if since is not None else None
 
 
+def empty_queue(name: str) -> dict[str, Any]:
+    """A queue's entry in :func:`queue_stats` while it holds no job."""
+    counts = {field: 0 for field in COUNTED.values()}
+    return {"name": name, **counts, "oldest_queued_age_s": None, "paused": False}
+
+
 def queue_stats(ledger: Ledger) -> dict[str, Any]:
     """Counts by queue and state, the oldest queued job's wait, whether the queue is paused,
     and the relay's lag. A paused queue is listed even when it holds no job.
@@ -57,8 +63,7 @@ def queue_stats(ledger: Ledger) -> dict[str, Any]:
     queues: dict[str, dict[str, Any]] = {}
 
     def stats_of(name: str) -> dict[str, Any]:
-        empty = {"name": name, "oldest_queued_age_s": None, "paused": False}
-        return queues.setdefault(name, {field: 0 for field in COUNTED.values()} | empty)
+        return queues.setdefault(name, empty_queue(name))
 
     for name, state, count, oldest in rows:
         stats = stats_of(name)
