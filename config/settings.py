@@ -8,6 +8,7 @@ SQLite as the ledger, both under ``var/``.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +30,7 @@ from conveyor.config.errors import ConfigError
 from conveyor.config.urls import BROKER_SCHEMES, DATABASE_SCHEMES, check_scheme
 from conveyor.config.urls import sqlalchemy_url as sqlalchemy_url  # re-exported
 from conveyor.worker.constants import DEAD_LETTER_SUFFIX, LEASE_S
+from conveyor.worker.schedules import parse_declared
 
 
 class BrokerKind(StrEnum):
@@ -192,6 +194,11 @@ class Settings(BaseSettings):
     retention_every_s: float = Field(
         60.0, gt=0, description="How often the relay's leader prunes expired jobs."
     )
+    schedules: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list,
+        description='Periodic jobs, as JSON: [{"name": "nightly", "task": "reports.build", '
+        '"cron": "0 3 * * *", "tz": "Europe/Berlin"}] (docs/jobs.md, "Periodic jobs").',
+    )
     sentry_dsn: SecretStr | None = Field(
         None, description="Sentry DSN; unset means nothing is reported to Sentry."
     )
@@ -261,6 +268,22 @@ class Settings(BaseSettings):
         if value is not None:
             # No host is fine here: PostgreSQL may be reached over a Unix socket.
             check_scheme(value.get_secret_value(), DATABASE_SCHEMES, need_host=False)
+        return value
+
+    @field_validator("schedules", mode="before")
+    @classmethod
+    def _schedules_from_json(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+
+    @field_validator("schedules")
+    @classmethod
+    def _check_schedules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parse_declared(value)  # raises ValueError naming the entry at fault
         return value
 
     @field_validator("queues")

@@ -3,6 +3,7 @@
 What most code needs, from one import that cannot collide with a service's own packages::
 
     from conveyor import job, JobContext, RetryAfter, Fatal, Backoff   # writing jobs
+    from conveyor import cron, every                                   # ... periodic ones
     from conveyor import enqueue, get_job, cancel                      # producing them
     from conveyor import enqueue_many, JobRequest                      # ... many at once
 
@@ -19,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conveyor.worker import Backoff, Fatal, JobContext, RetryAfter, job
+    from conveyor.worker import Backoff, Fatal, JobContext, RetryAfter, cron, every, job
     from conveyor.worker.client import JobRequest, cancel, enqueue, enqueue_many, get_job
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "JobRequest",
     "RetryAfter",
     "cancel",
+    "cron",
     "enqueue",
     "enqueue_many",
+    "every",
     "get_job",
     "job",
 ]

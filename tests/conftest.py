@@ -12,6 +12,7 @@ the budget says so in its summary.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -379,8 +380,15 @@ def npm_package(spec: str) -> Path:
     :data:`NODE_DIR` on first use."""
     name = spec.rsplit("@", 1)[0]
     folder = NODE_DIR / "node_modules" / name
-    if not folder.exists():
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        return folder
+    NODE_DIR.mkdir(parents=True, exist_ok=True)
+    # One install at a time across the test processes: two at once each rewrite
+    # package.json, and npm then prunes the package the other one installed.
+    with (NODE_DIR / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if folder.exists():
+            return folder
         subprocess.run(
             [
                 "npm",

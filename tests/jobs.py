@@ -116,3 +116,61 @@ class Typed(BaseModel):
 def typed(ctx: JobContext, payload: Typed) -> int:
     """Return ``count`` doubled: a job with a schema, for the catalog's tests."""
     return payload.count * 2
+
+
+@job(name="test.rated", max_attempts=2, rate_limit="3/s", rate_key=lambda p: p["key"])
+def rated(ctx: JobContext, payload: dict[str, Any]) -> float:
+    """At most 3 starts a second per ``payload['key']``, fleet-wide; returns when it
+    started (Unix seconds)."""
+    return time.time()
+
+
+@job(name="test.rated_minute", max_attempts=2, rate_limit="100/m", rate_key=lambda p: p["key"])
+def rated_minute(ctx: JobContext, payload: dict[str, Any]) -> float:
+    """At most 100 starts a minute per ``payload['key']`` (the full-size rate test); returns
+    when it started (Unix seconds)."""
+    return time.time()
+
+
+@job(
+    name="test.rated_429",
+    max_attempts=3,
+    backoff=Backoff(base_s=0.1, max_s=30),
+    rate_limit="20/s",
+    rate_key=lambda p: p["key"],
+)
+def rated_429(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """With ``throttle``, answer the first attempt as a 429 would: ``RetryAfter``, slowing
+    the key to ``payload['limit']`` for a while."""
+    if payload.get("throttle") and ctx.attempt == 1:
+        raise RetryAfter(float(payload["delay_s"]), limit=payload.get("limit"), for_s=60)
+    return ctx.attempt
+
+
+@job(
+    name="test.limited",
+    max_attempts=3,
+    timeout_s=120,
+    concurrency=2,
+    concurrency_key=lambda p: p["key"],
+)
+def limited(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """At most 2 running at once per ``payload['key']``; sleeps ``payload['s']`` seconds
+    (only on the first attempt with ``first_only``)."""
+    if not payload.get("first_only") or ctx.attempt == 1:
+        time.sleep(float(payload.get("s", 0)))
+    return ctx.attempt
+
+
+@job(
+    name="test.single",
+    max_attempts=3,
+    timeout_s=120,
+    concurrency=1,
+    concurrency_key=lambda p: p["key"],
+)
+def single(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """One at a time per ``payload['key']``; sleeps ``payload['s']`` on the first attempt."""
+    if ctx.attempt == 1:
+        time.sleep(float(payload.get("s", 0)))
+    return ctx.attempt

@@ -1,6 +1,6 @@
 """Conveyor's platform runtime. Task authors need only this package's top level:
 
-from conveyor import job, JobContext, RetryAfter, Fatal
+from conveyor import job, JobContext, RetryAfter, Fatal, cron, every
 
 The names load on first use, so that a part that needs none of them (``conveyor --help``,
 the CLI's light commands) does not pay for the ORM and the settings they bring.
@@ -18,14 +18,17 @@ if TYPE_CHECKING:
     from conveyor.worker.errors import Fatal, RetryAfter
     from conveyor.worker.jobs import JobContext, job
     from conveyor.worker.policy import Backoff
+    from conveyor.worker.schedules import cron, every
 
-__all__ = ["Backoff", "Fatal", "JobContext", "RetryAfter", "job"]
+__all__ = ["Backoff", "Fatal", "JobContext", "RetryAfter", "cron", "every", "job"]
 
 _HOMES = {
     "Backoff": "conveyor.worker.policy",
     "Fatal": "conveyor.worker.errors",
     "JobContext": "conveyor.worker.jobs",
     "RetryAfter": "conveyor.worker.errors",
+    "cron": "conveyor.worker.schedules",
+    "every": "conveyor.worker.schedules",
     "job": "conveyor.worker.jobs",
 }
 

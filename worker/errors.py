@@ -29,12 +29,31 @@ class RetryAfter(Retryable):
     """Retry at a known time, e.g. honouring an HTTP ``Retry-After`` header.
 
     The delay is still capped by the job's policy, and still counts as an attempt.
+
+    For a job with a ``rate_limit``, it also holds back the other jobs of its rate key:
+    none starts before ``delay_s`` from now, and with ``limit`` (``"10/m"``) their starts
+    are spaced at that slower rate for ``for_s`` seconds (a 429 from the service they
+    call). Without a rate limit, ``limit`` has no effect.
     """
 
-    def __init__(self, delay_s: float, message: str = "") -> None:
+    def __init__(
+        self,
+        delay_s: float,
+        message: str = "",
+        *,
+        limit: str | None = None,
+        for_s: float = 300.0,
+    ) -> None:
         if delay_s < 0:
             raise ValueError("RetryAfter delay_s must be >= 0")
+        if for_s <= 0:
+            raise ValueError("RetryAfter for_s must be > 0")
+        from conveyor.worker.limits import RateLimit  # here: limits imports errors
+
         self.delay_s = float(delay_s)
+        self.slow_interval_s = None if limit is None else RateLimit.parse(limit).interval_s
+        """The slower spacing of the key's starts while ``for_s`` lasts, if ``limit``."""
+        self.for_s = float(for_s)
         super().__init__(message or f"retry requested in {self.delay_s:g}s")
 
 
@@ -70,6 +89,10 @@ class EnqueueError(ConveyorError):
     """The job could not be handed to the broker; nothing was left half-made."""
 
 
+class LeaseLost(Exception):
+    """Another worker took this job over while it ran; this attempt's effects are discarded."""
+
+
 class WorkerLost(Retryable):
     """An attempt ended with its worker process (killed, or past its hard time limit)."""
 
@@ -91,6 +114,11 @@ class Ended(Exception):
 
 class RetryScheduled(Ended):
     """The job waits in the ledger (``scheduled``) for its next attempt: Flower's RETRY."""
+
+
+class Deferred(RetryScheduled):
+    """A limit held the job back before it started: it waits in the ledger (``scheduled``)
+    with no attempt used, for its rate slot or a free concurrency slot (Flower's RETRY)."""
 
 
 class DeadLettered(Ended):

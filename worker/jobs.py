@@ -20,7 +20,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from conveyor.worker.errors import ConfigError, PayloadInvalid, UnknownTask
+from conveyor.worker.limits import (
+    NO_LIMITS,
+    ConcurrencyLimit,
+    KeyFunction,
+    Limits,
+    RateLimit,
+)
 from conveyor.worker.policy import Backoff, RetryPolicy
+from conveyor.worker.schedules import Schedule
+from conveyor.worker.schedules import every as every_period
 
 if TYPE_CHECKING:
     from conveyor.config import Settings
@@ -148,6 +157,10 @@ class JobSpec:
     timeout_s: float
     schema: type[BaseModel] | None
     log_payload: bool
+    schedule: Schedule | None = None
+    """When the job runs by itself (:mod:`worker.schedules`), if it is periodic."""
+    limits: Limits = NO_LIMITS
+    """Its fleet-wide rate and concurrency limits (:mod:`worker.limits`), if any."""
 
     @property
     def max_attempts(self) -> int:
@@ -189,6 +202,12 @@ def job(
     fatal: tuple[type[BaseException], ...] = (),
     retry_on: tuple[type[BaseException], ...] = (),
     log_payload: bool = False,
+    every: str | float | None = None,
+    schedule: Schedule | None = None,
+    rate_limit: str | None = None,
+    rate_key: KeyFunction | None = None,
+    concurrency: int | None = None,
+    concurrency_key: KeyFunction | None = None,
 ) -> Callable[[F], F]:
     """Declare a job type.
 
@@ -197,11 +216,26 @@ def job(
     once), else the message's kwargs as a dict. Its return value must be JSON-serializable
     (or a pydantic model) and is kept as the job's result. ``queue=None`` means the
     deployment's default queue.
+
+    Periodic: ``every="5m"`` or ``schedule=cron("0 * * * *", tz="Europe/Berlin")`` makes
+    the relay enqueue it once per tick (docs/jobs.md, "Periodic jobs").
+
+    Limits, enforced across every worker before an attempt starts (docs/jobs.md,
+    "Rate and concurrency limits"): ``rate_limit="100/m"`` spaces the starts evenly, per
+    job or per ``rate_key(payload)``; ``concurrency=5`` lets at most five attempts run at
+    once, per job or per ``concurrency_key(payload)``. A key function receives the
+    message's payload as a dict. A job held back by a limit waits in the ledger
+    (``scheduled``) and does not use up an attempt.
     """
     if not name or len(name) > 200:
         raise ValueError("a job name must have 1 to 200 characters")
     if timeout_s <= 0:
         raise ValueError("timeout_s must be > 0")
+    if every is not None and schedule is not None:
+        raise ValueError(f"job {name!r}: give every= or schedule=, not both")
+    if every is not None:
+        schedule = every_period(every)
+    limits = _limits(name, rate_limit, rate_key, concurrency, concurrency_key)
     policy = RetryPolicy(
         max_attempts=max_attempts, backoff=backoff or Backoff(), fatal=fatal, retry_on=retry_on
     )
@@ -219,10 +253,34 @@ def job(
             timeout_s=timeout_s,
             schema=schema,
             log_payload=log_payload,
+            schedule=schedule,
+            limits=limits,
         )
         return fn
 
     return register
+
+
+def _limits(
+    name: str,
+    rate_limit: str | None,
+    rate_key: KeyFunction | None,
+    concurrency: int | None,
+    concurrency_key: KeyFunction | None,
+) -> Limits:
+    """``@job``'s limit arguments as :class:`Limits`; raises ValueError on bad ones."""
+    if rate_key is not None and rate_limit is None:
+        raise ValueError(f"job {name!r}: rate_key= needs rate_limit=")
+    if concurrency_key is not None and concurrency is None:
+        raise ValueError(f"job {name!r}: concurrency_key= needs concurrency=")
+    if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+        raise ValueError(f"job {name!r}: concurrency must be an integer >= 1")
+    return Limits(
+        rate=None if rate_limit is None else RateLimit.parse(rate_limit, rate_key),
+        concurrency=(
+            None if concurrency is None else ConcurrencyLimit(concurrency, concurrency_key)
+        ),
+    )
 
 
 def import_task_modules(settings: Settings) -> list[str]:

@@ -129,6 +129,14 @@ class Job(Base):
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_note: Mapped[str | None] = mapped_column(String(200))
     progress_at: Mapped[datetime | None] = mapped_column()
+    limit_key: Mapped[str | None] = mapped_column(String(255))
+    """The concurrency key (``task:value``) the job was claimed or parked under
+    (:mod:`worker.limits`); ``limit_max`` is that key's limit, for the relay's release."""
+    limit_max: Mapped[int | None] = mapped_column(Integer)
+    rate_slot_at: Mapped[datetime | None] = mapped_column()
+    """The start slot a rate-limited job reserved and waits for (state ``scheduled``)."""
+    rate_key: Mapped[str | None] = mapped_column(String(255))
+    """The rate limit's key of a job holding a slot (a ``RetryAfter`` moves them all)."""
 
     # As migration 0010 left them (its docstring and docs/console.md say why): full
     # indexes for the lists' filters, partial ones where only a few rows need an entry.
@@ -180,6 +188,18 @@ class Job(Base):
             "ix_conveyor_jobs_replays",
             "replay_of",
             **partial_index("replay_of IS NOT NULL"),
+        ),
+        Index(
+            "ix_conveyor_jobs_limit_key",
+            "limit_key",
+            "state",
+            "lease_expires_at",
+            **partial_index(
+                "limit_key IS NOT NULL AND state IN ('queued', 'scheduled', 'running')"
+            ),
+        ),
+        Index(
+            "ix_conveyor_jobs_rate_waiting", "rate_key", **partial_index("rate_slot_at IS NOT NULL")
         ),
     )
 
@@ -302,3 +322,40 @@ class Lease(Base):
     term: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime] = mapped_column()
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Schedule(Base):
+    """One periodic job (:mod:`worker.schedules`): its definition as the relay last synced
+    it from code and settings, and where its ticks stand."""
+
+    __tablename__ = "conveyor_schedules"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    task: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[str] = mapped_column(String(300))
+    """The schedule as text: ``every 300s`` or ``cron 0 * * * * Europe/Berlin``, and its
+    policies."""
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    paused: Mapped[bool] = mapped_column(default=False)
+    last_tick_at: Mapped[datetime | None] = mapped_column()
+    """The latest tick handled: enqueued, or skipped by a policy."""
+    next_tick_at: Mapped[datetime | None] = mapped_column()
+    last_job_id: Mapped[str | None] = mapped_column(String(64))
+    last_outcome: Mapped[str | None] = mapped_column(String(32))
+    """What became of the latest tick: enqueued, skipped_overlap, missed, paused, manual."""
+    synced_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RateLimit(Base):
+    """The shared state of one rate-limited job or key (:mod:`worker.limits`): the next
+    free start slot, and a slower interval a ``RetryAfter`` set until ``slow_until``; the
+    times are Unix seconds, so one portable statement reserves a slot."""
+
+    __tablename__ = "conveyor_rate_limits"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
+    slow_interval_s: Mapped[float | None] = mapped_column(Float)
+    slow_until: Mapped[float | None] = mapped_column(Float)

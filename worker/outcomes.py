@@ -17,6 +17,7 @@ The events, in the order a job meets them:
 ``retry``          the attempt failed; the job waits in the ledger for its next attempt
 ``dead``           the job is dead-lettered: in the ledger, then on its ``.dead`` queue
 ``lease_lost``     another worker took the job over; this attempt's outcome is discarded
+``deferred``       a rate or concurrency limit held the job back; it waits in the ledger
 ``replayed``       an operator replayed a dead job as a new one
 =================  =====================================================================
 
@@ -60,6 +61,7 @@ class Event(StrEnum):
     RETRY = "retry"
     DEAD = "dead"
     LEASE_LOST = "lease_lost"
+    DEFERRED = "deferred"
     REPLAYED = "replayed"
 
 
@@ -75,7 +77,7 @@ class JobEvent:
     state: str | None = None
     """``skipped``: the state the job was found in."""
     delay_s: float | None = None
-    """``retry``: seconds until the next attempt."""
+    """``retry``: seconds until the next attempt; ``deferred``: until its rate slot."""
     reason: DeadReason | None = None
     """``dead``: why."""
     failure: Failure | None = None
@@ -88,6 +90,8 @@ class JobEvent:
     """Seconds the ledger write that recorded this event took."""
     ledger_operation: str | None = None
     """Which write that was: ``create``, ``claim``, ``succeed`` or ``fail``."""
+    limit: str | None = None
+    """``deferred``: which limit held the job back, ``rate`` or ``concurrency``."""
 
 
 Observer = Callable[[JobEvent], None]

@@ -4,11 +4,14 @@ Each pass it
 
 - publishes **due retries and delayed jobs** (state ``scheduled``, ``run_at`` passed), so a
   delay waits in the ledger, never as an unacknowledged message in a worker's memory;
+- **releases parked jobs** of concurrency-limited keys as their slots free up
+  (:meth:`~worker.ledger.Ledger.release_parked`), for the step above to publish;
 - **recovers expired leases**: a ``running`` job whose worker stopped renewing its lease
   (killed, frozen, cut off) is put back on its queue, counting the lost attempt;
 - **republishes stranded jobs**: ``queued`` jobs older than :data:`STRANDED_AFTER_S` whose
   queue on the broker is empty lost their message (see
   :meth:`~worker.ledger.Ledger.republish_stranded`); checked every few seconds;
+- **enqueues periodic jobs** whose tick has come, one job per tick (:mod:`worker.scheduler`);
 - **prunes finished jobs** past their retention (``CONVEYOR_RETENTION_*``,
   :mod:`worker.ledger.retention`) every ``CONVEYOR_RETENTION_EVERY_S``, a few short
   batches a pass, and on the next pass again while a backlog remains.
@@ -38,6 +41,7 @@ from conveyor.worker.observability.probes import Liveness
 from conveyor.worker.operations.broker import depths
 from conveyor.worker.outcomes import Event, JobEvent
 from conveyor.worker.publish import publish_row
+from conveyor.worker.scheduler import Scheduler
 
 log = logging.getLogger("conveyor.relay")
 
@@ -61,6 +65,8 @@ class Pass:
     recovered: int
     republished: int = 0
     pruned: int = 0
+    scheduled: int = 0
+    """Jobs of periodic jobs' ticks written (:mod:`worker.scheduler`)."""
 
 
 class Relay:
@@ -92,10 +98,13 @@ class Relay:
         )
         self.retention_every_s = settings.retention_every_s
         self._prune_due = time.monotonic()
+        self.scheduler = Scheduler(app)
         self.liveness = Liveness()
         """Live while passes succeed (``/healthz`` of ``--metrics-port``)."""
 
     def run_once(self) -> Pass:
+        scheduled = self.scheduler.run_due()  # before release_due, which publishes them
+        self.app.ledger.release_parked()  # makes them due, for release_due to publish
         released = self.app.ledger.release_due(self.publish, limit=self.batch)
         recovered = self.app.ledger.recover_expired(self.publish, limit=self.batch)
         republished = 0
@@ -103,12 +112,17 @@ class Relay:
             republished = self.republish_stranded()
             self._stranded_checked = time.monotonic()
         pruned = self.prune_if_due()
-        if released or recovered or republished:
+        if released or recovered or republished or scheduled:
             log.info(
                 "relay.pass",
-                extra={"released": released, "recovered": recovered, "republished": republished},
+                extra={
+                    "released": released,
+                    "recovered": recovered,
+                    "republished": republished,
+                    "scheduled": scheduled,
+                },
             )
-        return Pass(released, recovered, republished, pruned)
+        return Pass(released, recovered, republished, pruned, scheduled)
 
     def prune_if_due(self) -> int:
         """Delete finished jobs past their retention, if a pass is due; how many went.

@@ -88,14 +88,18 @@ from conveyor.worker.errors import (
     LEASE_LOST,
     WORKER_LOST,
     DeadLettered,
+    Deferred,
     Ended,
     Failure,
     Fatal,
+    LeaseLost,
     PayloadInvalid,
     Redundant,
+    RetryAfter,
     RetryScheduled,
     failure_of,
 )
+from conveyor.worker.gate import Gate
 from conveyor.worker.heartbeat import Heartbeat
 from conveyor.worker.jobs import JobContext, JobSpec
 from conveyor.worker.ledger import Claim, Ledger, NewJob
@@ -108,10 +112,6 @@ log = logging.getLogger("conveyor.runtime")
 
 LEDGER_RETRY_S = 5.0
 """How long a message waits before another try when the ledger could not be reached."""
-
-
-class LeaseLost(Exception):
-    """Another worker took this job over while it ran; this attempt's effects are discarded."""
 
 
 class Postpone(Exception):
@@ -176,6 +176,7 @@ class Runtime:
         self.lease_s = lease_s
         """How long a claim lasts unless renewed (``CONVEYOR_JOB_LEASE_S``)."""
         self.heartbeat = Heartbeat(ledger, lease_s=lease_s)
+        self.gate = Gate(ledger, outcomes)
 
     def execute(self, spec: JobSpec, delivery: Delivery) -> Any:
         """Run one attempt in this process (benchmarks, tests): the job's result, or None
@@ -217,8 +218,11 @@ class Runtime:
 
     def _execute(self, spec: JobSpec, delivery: Delivery) -> Any:
         began = perf_counter()
-        claim = self._claim(spec, delivery)
+        key, key_error = self.gate.concurrency_key(spec, delivery)
+        claim = self._claim(spec, delivery, key)
         claimed: dict[str, Any] = {"ledger_s": perf_counter() - began, "ledger_operation": "claim"}
+        if claim.parked:  # its key is full: it waits, unclaimed, for the relay's release
+            raise self.gate.parked(spec, delivery, claimed)
         if claim.attempt is None:
             # Finished, a duplicate by key, held by a live worker, or past its deadline (the
             # claim cancelled it: ``expired``): this message is redundant. If that worker
@@ -236,14 +240,19 @@ class Runtime:
             why = " (expired)" if claim.expired else ""
             raise Redundant(f"skipped: the job is {claim.state.value}{why}")
         attempt = Attempt(spec, delivery, claim.attempt, claim.idempotency_key)
-        self.outcomes.emit(attempt.event(Event.CLAIMED, **claimed))
         if attempt.number > spec.policy.max_attempts:
             # Earlier attempts died with their process (killed, hard time limit): stop here.
             failure = Failure(WORKER_LOST, f"attempt {attempt.number - 1} ended with its worker")
             raise self._bury(attempt.letter(DeadReason.EXHAUSTED, failure, ran=False))
         try:
             with self.heartbeat.hold(delivery.job_id, attempt.number):
+                self.gate.pace(spec, delivery, attempt.number, claim.rate_slot_at)
+                self.outcomes.emit(attempt.event(Event.CLAIMED, **claimed))
+                if key_error is not None:  # its concurrency key could not be derived
+                    raise key_error
                 return self._run(attempt)
+        except Deferred:
+            raise
         except LeaseLost:
             self.outcomes.emit(attempt.event(Event.LEASE_LOST, run_s=attempt.run_s))
             raise Redundant(LEASE_LOST) from None
@@ -256,10 +265,15 @@ class Runtime:
             # ride along in the Celery task's traceback, events and span.
             raise self._failed(attempt, error) from None
 
-    def _claim(self, spec: JobSpec, delivery: Delivery) -> Claim:
+    def _claim(self, spec: JobSpec, delivery: Delivery, key: str | None) -> Claim:
+        """The plain claim, or with ``key`` the gated one of a concurrency limit."""
         # A foreign producer's job gets its row now: keep this run's trace for its retries.
         traceparent, tracestate = job_trace_context(queue=delivery.queue)
-        return self.ledger.claim(
+        claim = self.ledger.claim
+        concurrency = spec.limits.concurrency
+        if key is not None and concurrency is not None:
+            claim = partial(self.ledger.claim_limited, key=key, limit=concurrency.limit)
+        return claim(
             delivery.job_id,
             lease_s=self.lease_s,
             worker=delivery.worker or self.hostname,
@@ -321,6 +335,8 @@ class Runtime:
         """Record a failed attempt as its policy decides; returns how the task ends."""
         decision = decide(attempt.number, error, attempt.spec.policy)
         failure = failure_of(error)
+        if isinstance(error, RetryAfter):
+            self.gate.slow_down(attempt.spec, attempt.delivery, error)
         if isinstance(decision, DeadLetter):
             return self._bury(attempt.letter(decision.reason, failure))
         began = perf_counter()

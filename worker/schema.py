@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.schema")
 
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 """The newest migration (``worker/migrations/versions``): the revision this version needs.
 
 Written out so that checking a ledger does not load Alembic, which costs a command line

@@ -78,6 +78,10 @@ def test_the_openapi_document_is_valid_and_documents_every_route(api: Api) -> No
         "/v1/queues",
         "/v1/queues/{queue}/pause",
         "/v1/queues/{queue}/resume",
+        "/v1/schedules",
+        "/v1/schedules/{name}/pause",
+        "/v1/schedules/{name}/resume",
+        "/v1/schedules/{name}/run",
         "/v1/catalog",
     }
     components = document["components"]

@@ -30,6 +30,7 @@ from conveyor.worker.api.jobs import jobs_router
 from conveyor.worker.api.problems import CatchAll, Problem, install_handlers
 from conveyor.worker.api.queues import queues_router
 from conveyor.worker.api.ratelimit import RateLimiter
+from conveyor.worker.api.schedules import schedules_router
 from conveyor.worker.api.schemas import JobBatch, JobCreate
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.console import install_console
@@ -39,10 +40,10 @@ Hand jobs to Conveyor over HTTP, follow them, and triage dead letters.
 
 Every `/v1` route needs an API key (`conveyor apikey create NAME --scope ...`) sent as
 `Authorization: Bearer <token>`. Scopes: `enqueue` (create and cancel jobs), `read`
-(every GET), `operate` (replay and purge dead letters, pause and resume queues; implies
-`read`), `admin` (all of them). Each key may make a limited number of requests per
-second (429 with `Retry-After` beyond it). Every error is an RFC 9457 problem document
-(`application/problem+json`).
+(every GET), `operate` (replay and purge dead letters, pause and resume queues and
+schedules, run a schedule now; implies `read`), `admin` (all of them). Each key may make a
+limited number of requests per second (429 with `Retry-After` beyond it). Every error is an
+RFC 9457 problem document (`application/problem+json`).
 """
 
 EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
@@ -106,6 +107,7 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
         jobs_router(conveyor, auth),
         dead_letters_router(conveyor, auth),
         queues_router(conveyor, auth),
+        schedules_router(conveyor, auth),
         catalog_router(conveyor, auth),
         metrics_router(conveyor, auth),
     ]

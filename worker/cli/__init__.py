@@ -75,6 +75,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "conveyor.worker.cli.scale:scale",
         "Per queue: depth, oldest wait, consuming workers, and the processes to drain it in time.",
     ),
+    "schedules": (
+        "conveyor.worker.cli.schedules:schedules",
+        "Periodic jobs: list them, pause and resume one, or run one now.",
+    ),
     "worker": (
         "conveyor.worker.cli.serve:worker",
         "Run a worker that consumes jobs until stopped (SIGTERM: hand back, finish, exit).",

@@ -18,19 +18,23 @@ def queues(ctx: click.Context, state: State, as_json: bool) -> None:
 
     A paused queue shows as paused (``conveyor queues pause Q``): its jobs wait until it is
     resumed. Below the table: broker queues that hold messages no worker consumes (in
-    ``--json``, ``unconsumed``: null when the broker could not be asked).
+    ``--json``, ``unconsumed``: null when the broker could not be asked), and the periodic
+    jobs with their last and next ticks (``schedules``; ``conveyor schedules list``).
     """
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
     from rich.table import Table
 
+    from conveyor.worker.cli.schedules import print_schedules
+    from conveyor.worker.operations.schedules import schedule_views
     from conveyor.worker.operations.stats import queue_stats
 
     stats = queue_stats(state.app.ledger)
     stranded = unconsumed_on_broker(state, stats["queues"])
+    periodic = schedule_views(state.app)
     if as_json:
-        emit_json(stats | {"unconsumed": stranded})
+        emit_json(stats | {"unconsumed": stranded, "schedules": periodic})
         return
     table = Table("queue", "queued", "running", "scheduled", "dead", "oldest queued (s)", "paused")
     for queue in stats["queues"]:
@@ -52,6 +56,8 @@ def queues(ctx: click.Context, state: State, as_json: bool) -> None:
             f"[bold red]{queue['name']}[/]: {queue['messages']} messages on the broker, "
             "and no worker consumes it"
         )
+    if periodic:
+        print_schedules(periodic)
 
 
 def unconsumed_on_broker(state: State, queues: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

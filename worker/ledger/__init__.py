@@ -15,6 +15,8 @@ module                 who calls it, for what
 ``pauses``             ``conveyor queues pause``/``resume`` and the API; every worker polls
 ``leases``             :mod:`worker.leader`: the relay's duty, held by one process at a time
 ``retention``          the relay: finished jobs pruned after their age, in short batches
+``schedules``          the relay's scheduler and ``conveyor schedules``: periodic jobs' ticks
+``limits``             workers: rate slots and concurrency-gated claims; the relay's release
 =====================  ===================================================================
 
 :class:`Ledger` joins the parts into the one object a process holds (``app.ledger``), safe to
@@ -31,9 +33,11 @@ from conveyor.worker.ledger.dead import DeadLetterStore
 from conveyor.worker.ledger.jobs import Claim, JobPath
 from conveyor.worker.ledger.keys import KeyStore
 from conveyor.worker.ledger.leases import LeaseStore
+from conveyor.worker.ledger.limits import LimitStore
 from conveyor.worker.ledger.pauses import PauseStore
 from conveyor.worker.ledger.reads import Reads
 from conveyor.worker.ledger.relay import Publish, RelayQueries
+from conveyor.worker.ledger.schedules import ScheduleStore
 
 __all__ = [
     "WORKER_LOST",
@@ -48,6 +52,15 @@ __all__ = [
 
 
 class Ledger(
-    JobPath, RelayQueries, DeadLetterStore, Reads, KeyStore, CatalogStore, PauseStore, LeaseStore
+    JobPath,
+    RelayQueries,
+    DeadLetterStore,
+    Reads,
+    KeyStore,
+    CatalogStore,
+    PauseStore,
+    LeaseStore,
+    ScheduleStore,
+    LimitStore,
 ):
     """The ledger of one database: every read and write of its job tables."""

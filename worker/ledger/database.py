@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -30,6 +30,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.worker.models import Job
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,32 @@ class Database:
         reached); a connection that broke, or whose server refused a write as read-only
         (demoted in a switchover), is dropped and the next call opens another.
         """
+        return self._on_direct(
+            lambda connection: connection.execute(sql, params).fetchone(), sql, params
+        )
+
+    def direct_transaction(
+        self, steps: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[tuple[Any, ...] | None]:
+        """Run ``steps`` (statements and their parameters) in one transaction on this
+        thread's psycopg connection, sent together (pipeline mode: one round trip), and
+        return the first row of each (None for none). Errors as :meth:`direct`'s."""
+
+        def run(connection: psycopg.Connection[Any]) -> list[tuple[Any, ...] | None]:
+            with connection.pipeline(), connection.transaction():
+                cursors = [connection.execute(sql, params) for sql, params in steps]
+            return [cursor.fetchone() if cursor.description else None for cursor in cursors]
+
+        return self._on_direct(run, "; ".join(sql for sql, _ in steps), {})
+
+    def _on_direct(
+        self,
+        work: Callable[[psycopg.Connection[Any]], _T],
+        sql: str,
+        params: Mapping[str, Any],
+    ) -> _T:
+        """``work`` on this thread's own psycopg connection, opened (again) as needed;
+        ``sql`` and ``params`` name what it runs in an error."""
         held = self._direct
         connection = held.connection
         try:
@@ -144,7 +172,7 @@ class Database:
                 or monotonic() - held.opened > DIRECT_RECYCLE_S
             ):
                 connection = self._open_direct()
-            return connection.execute(sql, params).fetchone()
+            return work(connection)
         except psycopg.Error as exc:
             demoted = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)  # a switchover
             if connection is not None and (connection.broken or connection.closed or demoted):

@@ -51,6 +51,11 @@ class Claim:
     duplicate: bool = False
     expired: bool = False
     """The job's deadline passed before it started: this claim cancelled it (``expired``)."""
+    parked: bool = False
+    """Its concurrency key was full: the job waits in the ledger (``scheduled``) until the
+    relay releases it (:mod:`worker.limits`)."""
+    rate_slot_at: datetime | None = None
+    """The start slot the job reserved under its rate limit while it waited, if it did."""
 
 
 class JobPath(Database):
@@ -195,26 +200,12 @@ class JobPath(Database):
         # One statement, committed on its own (one round trip on PostgreSQL).
         claimed = self._autocommitted(CLAIM, params)
         if claimed is not None:
-            return Claim(claimed[0], JobState.RUNNING, 0.0, claimed[1])
+            return claim_of(claimed)
         with self.transaction() as session:
-            row = session.execute(
-                select(Job.state, Job.lease_expires_at, Job.expires_at, Job.started_at).where(
-                    Job.id == job_id
-                )
-            ).one_or_none()
-            if row is None:
-                return self._claim_foreign(session, foreign, now, lease_expires, worker)
-            state, expires = JobState(row.state), row.lease_expires_at
-            if (
-                state in CLAIMABLE
-                and row.started_at is None
-                and row.expires_at is not None
-                and row.expires_at <= now
-                and _expire(session, job_id, now)
-            ):
-                return Claim(None, JobState.CANCELLED, expired=True)
-            busy_for_s = (expires - now).total_seconds() if expires is not None else 0.0
-            return Claim(None, state, max(busy_for_s, 0.0))
+            unclaimed = why_unclaimed(session, job_id, now)
+            if unclaimed is not None:
+                return unclaimed
+            return self._claim_foreign(session, foreign, now, lease_expires, worker)
 
     def _claim_foreign(
         self, session: Session, job: NewJob, now: datetime, lease: datetime, worker: str
@@ -321,6 +312,7 @@ class JobPath(Database):
                     error_message=failure.message,
                     error_traceback=failure.traceback,
                     dead_reason=dead_reason,
+                    rate_slot_at=None,  # a retry's attempt reserves a slot of its own
                     attempts=Job.attempts - (0 if ran else 1),
                 )
                 .returning(Job.started_at, Job.worker)
@@ -355,6 +347,34 @@ class JobPath(Database):
                     .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
                     .values(lease_expires_at=expires)
                 )
+
+
+def claim_of(claimed: tuple[Any, ...]) -> Claim:
+    """The :class:`Claim` of an attempt from the claim's returned row (``CLAIMED``)."""
+    return Claim(claimed[0], JobState.RUNNING, 0.0, claimed[1], rate_slot_at=claimed[2])
+
+
+def why_unclaimed(session: Session, job_id: str, now: datetime) -> Claim | None:
+    """Why a claim took no row: the job is finished, held, or past its deadline (which this
+    marks ``cancelled``, ``expired``). None when the job has no row at all."""
+    row = session.execute(
+        select(Job.state, Job.lease_expires_at, Job.expires_at, Job.started_at).where(
+            Job.id == job_id
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    state, expires = JobState(row.state), row.lease_expires_at
+    if (
+        state in CLAIMABLE
+        and row.started_at is None
+        and row.expires_at is not None
+        and row.expires_at <= now
+        and _expire(session, job_id, now)
+    ):
+        return Claim(None, JobState.CANCELLED, expired=True)
+    busy_for_s = (expires - now).total_seconds() if expires is not None else 0.0
+    return Claim(None, state, max(busy_for_s, 0.0))
 
 
 def _expire(session: Session, job_id: str, now: datetime) -> bool:

@@ -88,6 +88,7 @@ class RelayQueries(Database):
                     )
                 )
                 row.state, row.lease_expires_at, row.updated_at = JobState.QUEUED, None, now
+                row.rate_slot_at = None  # the next attempt reserves a rate slot of its own
             return len(rows)
 
     def stranded_queues(self, *, stale_s: float) -> list[str]:

@@ -23,32 +23,37 @@ EXPIRED = "expired"
 
 _jobs = cast(Table, Job.__table__)
 _now = bindparam("b_now", type_=UTCDateTime())
+CLAIMABLE_NOW = (
+    # Equalities, not IN: an IN list is rendered per execution (_direct_sql compiles once).
+    # A job past its deadline that never started is not claimed: the fallback in
+    # JobPath.claim cancels it (the success path pays only these conditions on one row).
+    (
+        or_(*(_jobs.c.state == state.value for state in CLAIMABLE))
+        & (
+            _jobs.c.expires_at.is_(None)
+            | (_jobs.c.expires_at > _now)
+            | _jobs.c.started_at.is_not(None)
+        )
+    )
+    | ((_jobs.c.state == JobState.RUNNING.value) & (_jobs.c.lease_expires_at < _now))
+)
+"""Whether a job may be claimed at ``b_now``: waiting and within its deadline, or running
+on a lease that expired."""
+CLAIM_VALUES: dict[str, Any] = {
+    "state": JobState.RUNNING.value,
+    "attempts": _jobs.c.attempts + 1,
+    "started_at": _now,
+    "updated_at": _now,
+    "lease_expires_at": bindparam("b_lease", type_=UTCDateTime()),
+    "worker": bindparam("b_worker"),
+}
+CLAIMED = (_jobs.c.attempts, _jobs.c.idempotency_key, _jobs.c.rate_slot_at)
+"""What a claim returns: the attempt's number, the idempotency key, the reserved rate slot."""
 CLAIM = (
     update(_jobs)
-    .where(
-        _jobs.c.id == bindparam("b_id"),
-        # Equalities, not IN: an IN list is rendered per execution (_direct_sql compiles once).
-        # A job past its deadline that never started is not claimed: the fallback in
-        # JobPath.claim cancels it (the success path pays only these conditions on one row).
-        (
-            or_(*(_jobs.c.state == state.value for state in CLAIMABLE))
-            & (
-                _jobs.c.expires_at.is_(None)
-                | (_jobs.c.expires_at > _now)
-                | _jobs.c.started_at.is_not(None)
-            )
-        )
-        | ((_jobs.c.state == JobState.RUNNING.value) & (_jobs.c.lease_expires_at < _now)),
-    )
-    .values(
-        state=JobState.RUNNING.value,
-        attempts=_jobs.c.attempts + 1,
-        started_at=_now,
-        updated_at=_now,
-        lease_expires_at=bindparam("b_lease", type_=UTCDateTime()),
-        worker=bindparam("b_worker"),
-    )
-    .returning(_jobs.c.attempts, _jobs.c.idempotency_key)
+    .where(_jobs.c.id == bindparam("b_id"), CLAIMABLE_NOW)
+    .values(CLAIM_VALUES)
+    .returning(*CLAIMED)
 )
 _THIS_ATTEMPT = (
     _jobs.c.id == bindparam("b_id"),

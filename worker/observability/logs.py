@@ -60,6 +60,7 @@ _LINES: Final = {
     Event.RETRY: (logging.WARNING, "job.retry_scheduled"),
     Event.DEAD: (logging.ERROR, "job.dead"),
     Event.LEASE_LOST: (logging.WARNING, "job.lease_lost"),
+    Event.DEFERRED: (logging.DEBUG, "job.deferred"),
     Event.REPLAYED: (logging.INFO, "job.replayed"),
 }
 """Each event's level and line; a dead-lettered poison message logs ``job.poison``."""
@@ -81,6 +82,8 @@ def observe(event: JobEvent) -> None:
             name = "job.poison"
     if event.failure is not None:
         fields["error_type"] = event.failure.error_type
+    if event.limit is not None:
+        fields["limit"] = event.limit
     job_log.log(level, name, extra=fields)
 
 

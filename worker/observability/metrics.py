@@ -75,7 +75,19 @@ JOBS_PRUNED = Counter(
     "Finished jobs deleted by retention (their attempts with them), by state.",
     ["state"],
 )
+SCHEDULE_TICKS = Counter(
+    "conveyor_schedule_ticks",
+    "Periodic jobs' ticks by outcome: enqueued, duplicate (another relay wrote its job), "
+    "skipped_overlap, missed, paused.",
+    ["schedule", "outcome"],
+)
 
+
+DEFERRED = Counter(
+    "conveyor_jobs_deferred",
+    "Jobs a rate or concurrency limit held back before they started, by limit.",
+    ["task", "queue", "limit"],
+)
 
 _COUNTED: dict[Event, Counter] = {
     Event.ENQUEUED: ENQUEUED,
@@ -92,6 +104,8 @@ def observe(event: JobEvent) -> None:
         DEAD_LETTERED.labels(event.task, event.queue, str(event.reason)).inc()
     elif event.event is Event.PUBLISHED:
         RELAY_PUBLISHED.labels(event.queue).inc()
+    elif event.event is Event.DEFERRED:
+        DEFERRED.labels(event.task, event.queue, event.limit or "").inc()
     elif (counter := _COUNTED.get(event.event)) is not None:
         counter.labels(event.task, event.queue).inc()
     if event.run_s is not None:
