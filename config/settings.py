@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         1_048_576, gt=0, description="HTTP API: largest request body accepted (413 above)."
     )
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="HTTP API: origins allowed to call it from a browser (CORS), "
+        "comma-separated; none by default (CORS off).",
+    )
     api_rate_limit_per_s: float = Field(
         100.0, gt=0, description="HTTP API: requests per second allowed per API key (429 above)."
     )
@@ -221,6 +226,11 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(None, description="Flower: basic-auth password.")
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_address: str = Field("127.0.0.1", description="Flower: address to bind.")
+    flower_read_only: bool = Field(
+        False,
+        description="Flower: refuse every request that would change something (sending "
+        "tasks, revoking, worker control); pages and the read API still answer.",
+    )
     broker_api_url: SecretStr | None = Field(
         None,
         description="RabbitMQ management API URL (http://user:pass@host:15672/api/) for "
@@ -246,7 +256,7 @@ class Settings(BaseSettings):
         # `X=${X:-}` in a compose file passes an empty string: that means "not set".
         return None if value == "" else value
 
-    @field_validator("task_modules", "console_users", mode="before")
+    @field_validator("task_modules", "console_users", "api_cors_origins", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

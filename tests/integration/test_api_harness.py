@@ -111,4 +111,5 @@ def assert_problem(
     assert isinstance(problem["title"], str)
     assert problem["type"] == (f"urn:conveyor:problem:{kind}" if kind else "about:blank")
     assert "Traceback" not in response.text
+    assert problem["request_id"] == response.headers["x-request-id"]  # one to quote
     return problem

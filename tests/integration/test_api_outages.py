@@ -93,6 +93,7 @@ def test_outages_and_limits_answer_with_their_problem(
             "status": 500,
             "detail": "an unexpected error occurred; it has been logged",
             "instance": "/v1/dead-letters/purge",
+            "request_id": broken.headers["x-request-id"],  # the 500 a caller can quote
         }
 
         unavailable = enqueued.result(timeout=120)

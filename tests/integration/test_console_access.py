@@ -403,3 +403,30 @@ def test_sign_ins_and_actions_are_in_the_audit_log(api: Api, keys: dict[str, str
     mine = [row for row in rows if f"apikey:{name}" in row]
     actions = [re.findall(r"<td>([a-z]+)</td>", row)[0] for row in mine]
     assert actions[:3] == ["resume", "pause", "login"]
+
+
+def test_key_changes_are_audited_with_who_made_them(api: Api) -> None:
+    admin = f"audit-admin-{uuid.uuid4().hex[:8]}"
+    admin_token = api.key("admin", name=admin)  # made by the CLI
+    client = sign_in(api, api_key=admin_token)
+    made = f"audit-made-{uuid.uuid4().hex[:8]}"
+    token = csrf_of(client)
+    assert client.post("/console/keys", data={"csrf_token": token, "name": made, "scope": "read"})
+    revoked = client.post(f"/console/keys/{made}/revoke", data={"csrf_token": token})
+    assert revoked.status_code in (200, 303)
+    listed = run_cli("dlq", "audit", "--limit", "200", "--json", env=api.env)
+    assert listed.returncode == 0, listed.stderr
+    entries = json.loads(listed.stdout)
+    about = {
+        (entry["action"], entry["filters"].get("key")): entry["actor"]
+        for entry in entries
+        if entry["action"].startswith("key_")
+    }
+    assert "@" in about[("key_create", admin)]  # the CLI's user@host
+    assert about[("key_create", made)] == f"apikey:{admin}"
+    assert about[("key_revoke", made)] == f"apikey:{admin}"
+    created = next(
+        e for e in entries if e["action"] == "key_create" and e["filters"]["key"] == made
+    )
+    assert created["filters"]["scopes"] == "read"
+    assert not any(token_part in listed.stdout for token_part in ("cvk_",))  # no token logged

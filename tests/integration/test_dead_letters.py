@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,13 +68,28 @@ def publish_garbage(broker_url: str, queue: str) -> None:
         )
 
 
+class CreatesFile:
+    """Unpickling this opens (so creates) ``path``: what a hostile pickle would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
 def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     app: ConveyorApp,
     env: dict[str, str],
     queue: str,
     broker_url: str,
     start_worker: WorkerFactory,
+    tmp_path: Path,
 ) -> None:
+    # The pickle below is real: loading it creates the file it names.
+    probe, marker = tmp_path / "probe", tmp_path / "unpickled-by-the-worker"
+    pickle.loads(pickle.dumps(CreatesFile(str(probe)))).close()  # noqa: S301 (the proof)
+    assert probe.exists()
     worker = start_worker(env, queue)
     foreign = Celery("foreign", broker=broker_url)
     foreign.conf.accept_content = ["json", "pickle"]
@@ -80,7 +97,8 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     unknown = foreign.send_task("no.such.task", kwargs={"a": 1}, queue=queue).id
     invalid = foreign.send_task("demo.work", kwargs={"n": -1}, queue=queue).id
     positional = foreign.send_task("demo.work", args=[3], queue=queue).id
-    pickled = foreign.send_task("demo.work", kwargs={"n": 1}, queue=queue, serializer="pickle").id
+    hostile = {"n": 1, "boom": CreatesFile(str(marker))}
+    pickled = foreign.send_task("demo.work", kwargs=hostile, queue=queue, serializer="pickle").id
     # Valid messages the ledger cannot store: a job id longer than its column, a NUL.
     foreign.send_task("demo.work", kwargs={"n": 1}, queue=queue, task_id="x" * 100)
     foreign.send_task("demo.work", kwargs={"n": 1, "note": "a\x00b"}, queue=queue)
@@ -97,6 +115,7 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_queue_keeps_flowing(
     assert get_job(positional, app=app).dead_reason == "invalid_payload"
     assert "positional arguments" in (get_job(positional, app=app).error_message or "")
     assert get_job(pickled, app=app).dead_reason == "content_type"
+    assert not marker.exists(), "the worker deserialized a pickle"
 
     letters = wait_for(lambda: rows if len(rows := dead_rows(env, queue)) == 7 else None)
     by_reason = {row["reason"]: row for row in letters}

@@ -44,6 +44,7 @@ from tests.conftest import (
     drop_database,
     metric_samples,
     metric_value,
+    queued_messages,
     run_cli,
     state_of,
     wait_for,
@@ -489,3 +490,33 @@ def test_local_dev_serves_loopback_without_credentials_and_saves_its_state(
     assert "conveyor: warning: --local-dev" in log.read_text()
     saved = sorted(path.name for path in (tmp_path / "var").glob("flower.db*"))
     assert saved, "no state file under CONVEYOR_DATA_DIR"
+
+
+def test_a_read_only_flower_refuses_every_change_and_still_shows(
+    tmp_path: Path, pg_url: str
+) -> None:
+    port = free_port()
+    queue = f"test-flower-ro-{uuid.uuid4().hex[:8]}"
+    env = flower_env("redis", pg_url, tmp_path / "var", port)
+    processes = Processes(tmp_path)
+    base_url = f"http://127.0.0.1:{port}"
+    auth = (USER, PASSWORD)
+    try:
+        flower = processes.start(env, "flower", "--read-only", "--no-persistent")
+        wait_until_up(base_url, flower, tmp_path / "flower-0.log")
+        assert httpx.get(f"{base_url}/api/workers", auth=auth, timeout=10).status_code == 200
+        assert httpx.get(f"{base_url}/tasks", auth=auth, timeout=10).status_code == 200
+        changes = [
+            (f"/api/task/send-task/test.count?queue={queue}", {"kwargs": {"counter": "x"}}),
+            (f"/api/task/async-apply/test.count?queue={queue}", {"kwargs": {"counter": "x"}}),
+            ("/api/task/revoke/some-id?terminate=true", {}),
+            ("/api/worker/shutdown/anyone@anywhere", {}),
+            ("/api/worker/pool/grow/anyone@anywhere?n=4", {}),
+        ]
+        for path, body in changes:
+            answer = httpx.post(f"{base_url}{path}", json=body, auth=auth, timeout=10)
+            assert answer.status_code == 403, (path, answer.status_code, answer.text)
+        assert queued_messages(BROKERS["redis"], queue) == 0  # nothing was sent
+    finally:
+        processes.stop_all()
+        delete_queues(BROKERS["redis"], [queue])

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -26,6 +27,7 @@ from conveyor.worker.api.catalog import catalog_router
 from conveyor.worker.api.dead_letter_schemas import DeadLetterSelection, ReplaySelection
 from conveyor.worker.api.dead_letters import dead_letters_router
 from conveyor.worker.api.health import health_router, metrics_router
+from conveyor.worker.api.hygiene import Hygiene, cors_options
 from conveyor.worker.api.jobs import jobs_router
 from conveyor.worker.api.problems import CatchAll, Problem, install_handlers
 from conveyor.worker.api.queues import queues_router
@@ -118,7 +120,10 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
     )
     install_console(api, conveyor)
     api.add_middleware(BodyLimit, limit_bytes=settings.api_max_body_bytes)
-    api.add_middleware(CatchAll)  # added last: the outermost
+    if settings.api_cors_origins:
+        api.add_middleware(CORSMiddleware, **cors_options(settings.api_cors_origins))
+    api.add_middleware(CatchAll)
+    api.add_middleware(Hygiene)  # added last: the outermost, so its headers are on every answer
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:

@@ -74,8 +74,14 @@ def token_prefix(token: str) -> str | None:
     return parts[1] if PREFIX_PATTERN.fullmatch(parts[1]) else None
 
 
-def create_key(ledger: Ledger, name: str, scopes: Sequence[Scope]) -> tuple[ApiKey, str]:
-    """Store a new key and return it with its token: the only time the token exists."""
+def create_key(
+    ledger: Ledger, name: str, scopes: Sequence[Scope], *, actor: str | None = None
+) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its token: the only time the token exists.
+
+    Audited as ``actor``'s (``conveyor dlq audit``), by default this process's
+    ``user@host``.
+    """
     if not NAME_PATTERN.fullmatch(name):
         raise UsageError("a key name has 1-100 letters, digits, '.', '_' or '-'")
     if not scopes:
@@ -90,7 +96,7 @@ def create_key(ledger: Ledger, name: str, scopes: Sequence[Scope]) -> tuple[ApiK
         scopes=sorted({Scope(scope).value for scope in scopes}),
         created_at=utcnow(),
     )
-    if not ledger.add_key(key):
+    if not ledger.add_key(key, actor=actor or process_actor()):
         raise UsageError(f"an API key named {name!r} exists already (maybe revoked)")
     return key, token
 
@@ -99,16 +105,25 @@ def list_keys(ledger: Ledger) -> Sequence[ApiKey]:
     return ledger.keys()
 
 
-def revoke_key(ledger: Ledger, name: str) -> bool:
-    """Revoke the key called ``name``; False if it was revoked before.
+def revoke_key(ledger: Ledger, name: str, *, actor: str | None = None) -> bool:
+    """Revoke the key called ``name``, audited as ``actor``'s (by default this process's
+    ``user@host``); False if it was revoked before.
 
     Raises :class:`~worker.errors.UsageError` when there is no such key. Servers stop
     accepting it within :data:`worker.api.auth.KEY_CACHE_TTL_S`.
     """
-    revoked = ledger.revoke_key(name)
+    revoked = ledger.revoke_key(name, actor=actor or process_actor())
     if revoked is None:
         raise UsageError(f"no API key named {name!r}")
     return revoked
+
+
+def process_actor() -> str:
+    """Who runs this process, for the audit log: ``user@host``."""
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True, slots=True)

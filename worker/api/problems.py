@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.worker.admission import IdempotencyConflict
+from conveyor.worker.api.hygiene import REQUEST_ID
 from conveyor.worker.errors import (
     EnqueueError,
     JobNotFound,
@@ -79,6 +80,11 @@ class Problem(BaseModel):
     )
     instance: str | None = Field(None, examples=["/v1/jobs"])
     errors: list[FieldError] | None = None
+    request_id: str | None = Field(
+        None,
+        examples=["order-42.retry_1"],
+        description="The request's `X-Request-ID` (the caller's own, or one the server made).",
+    )
 
 
 class ProblemError(Exception):
@@ -110,8 +116,13 @@ class ProblemError(Exception):
 
 
 def problem_response(problem: ProblemError, instance: str | None = None) -> Response:
+    """The problem as a response; its ``request_id`` is the request's (X-Request-ID)."""
+    body = problem_body(problem, instance)
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        body["request_id"] = request_id
     return JSONResponse(
-        problem_body(problem, instance),
+        body,
         status_code=problem.status,
         headers=problem.headers,
         media_type=PROBLEM_JSON,

@@ -89,10 +89,9 @@ def autoscale_bounds(value: str, *, param_hint: str = "--autoscale") -> tuple[in
 
 def default_actor() -> str:
     """Who runs this command, for the audit log: ``user@host``."""
-    import getpass
-    import socket
+    from conveyor.worker.api.keys import process_actor
 
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    return process_actor()
 
 
 def emit_json(data: Any) -> None:

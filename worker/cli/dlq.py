@@ -195,7 +195,10 @@ def dlq_purge(
 @json_option
 @pass_state
 def dlq_audit(state: State, limit: int, as_json: bool) -> None:
-    """Replays and purges, newest first: who, when, what and how many."""
+    """The audit log, newest first: who did what, when, to how many.
+
+    Replays and purges, queue and schedule pauses, API key changes, console sign-ins.
+    """
     from conveyor.worker.operations.dlq import audit_log
 
     entries = audit_log(state.app, limit=limit)

@@ -56,6 +56,12 @@ BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
     is_flag=True,
     help="Allow running without credentials, on a loopback address only.",
 )
+@click.option(
+    "--read-only/--no-read-only",
+    default=None,
+    help="Refuse every change (send-task, revoke, worker control); only look "
+    "(default: CONVEYOR_FLOWER_READ_ONLY).",
+)
 @pass_state
 def flower(
     state: State,
@@ -64,6 +70,7 @@ def flower(
     db: Path | None,
     persistent: bool,
     local_dev: bool,
+    read_only: bool | None,
 ) -> None:
     """Serve Flower (live workers, task events, queue lengths) until stopped."""
     from conveyor.worker.observability.logs import configure_logging
@@ -90,7 +97,7 @@ def flower(
     configure_logging(settings.log_level, settings.log_format)
     state.waits_for_ledger = True
     app = state.app  # imports the task modules: their queues are listed below
-    adapt_flower(settings)
+    adapt_flower(settings, read_only=settings.flower_read_only if read_only is None else read_only)
     enable_task_events(app)
     try:
         app.start(argv)

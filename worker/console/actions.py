@@ -208,7 +208,7 @@ def keys_router(app: ConveyorApp, gate: Gate) -> APIRouter:
         scopes = [Scope(s) for s in scope or [] if s in set(Scope)]
         context: dict[str, Any] = {"keys": [], "scopes": list(Scope)}
         try:
-            _, token = create_key(app.ledger, name, scopes)
+            _, token = create_key(app.ledger, name, scopes, actor=viewer.actor)
         except UsageError as error:
             context |= {"keys": list_keys(app.ledger), "error": str(error)}
             return render(request, "keys.html", viewer, context, status_code=400)
@@ -218,7 +218,7 @@ def keys_router(app: ConveyorApp, gate: Gate) -> APIRouter:
     @router.post("/keys/{name}/revoke")
     def revoke(name: str, viewer: PostedAdmin) -> Response:
         with suppress(UsageError):  # revoked before, or never there: the list shows which
-            revoke_key(app.ledger, name)
+            revoke_key(app.ledger, name, actor=viewer.actor)
         return back("/keys")
 
     return router

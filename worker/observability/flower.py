@@ -167,7 +167,11 @@ def with_dead_letter_queues(names: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
-def adapt_flower(settings: Settings) -> None:
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""What a read-only Flower still answers: every change Flower can make is a POST."""
+
+
+def adapt_flower(settings: Settings, *, read_only: bool = False) -> None:
     """Fit Flower, in this process only, to Conveyor's app; call before Flower starts.
 
     Call it after the task modules are imported, so every job's queue is known.
@@ -183,6 +187,12 @@ def adapt_flower(settings: Settings) -> None:
     3. **Metrics behind the login.** Flower serves ``/metrics`` to anyone (worker names,
        task names and counts); it asks for the same basic auth as every other page.
        ``/healthcheck`` (it answers "OK", nothing else) stays open for probes.
+    4. **Read-only** (``read_only``, ``--read-only``, ``CONVEYOR_FLOWER_READ_ONLY``). Flower's
+       send-task passes every property of the request's body to ``send_task`` (exchange,
+       routing key, task id: FACTS.md), and its control API shuts workers down, revokes
+       and terminates tasks, and changes pools and rate limits. A read-only Flower answers
+       403 to every request but GET, HEAD and OPTIONS, before any handler runs, for people
+       who should only look.
     """
     from flower.app import Flower  # type: ignore[import-untyped]
     from flower.views import BaseHandler  # type: ignore[import-untyped]
@@ -204,3 +214,26 @@ def adapt_flower(settings: Settings) -> None:
         Metrics.get.conveyor_authenticated = True
     Flower.broker_uri_with_password = property(lambda _flower: url)
     Flower.broker_uri = property(lambda _flower: masked)
+    if read_only:
+        from flower.api import BaseApiHandler  # type: ignore[import-untyped]
+
+        # The API's handlers have a prepare() of their own, which does not call the pages'.
+        for handlers in (BaseHandler, BaseApiHandler):
+            _refuse_changes(handlers)
+
+
+def _refuse_changes(handler_class: Any) -> None:
+    """Make every Flower handler answer 403 to a request that is not a read."""
+    from tornado.web import HTTPError
+
+    original = handler_class.prepare
+    if getattr(original, "conveyor_read_only", False):
+        return  # patched already, or inherits the patched one
+
+    def prepare(handler: Any) -> Any:
+        if handler.request.method not in READ_METHODS:
+            raise HTTPError(403, reason="Flower is read-only (CONVEYOR_FLOWER_READ_ONLY)")
+        return original(handler)
+
+    prepare.conveyor_read_only = True  # type: ignore[attr-defined]
+    handler_class.prepare = prepare
