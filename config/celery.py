@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from conveyor.config.settings import BrokerKind, QueueType, Settings
+from conveyor.config.tls import broker_ssl
 from conveyor.worker.constants import MAX_PRIORITY
 
 if TYPE_CHECKING:
@@ -92,6 +93,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # without them it is declared classic, on a direct exchange.
             options["task_create_missing_queue_type"] = "quorum"
             options["task_create_missing_queue_exchange_type"] = "topic"
+    use_ssl = broker_ssl(settings)
+    if use_ssl is not None:
+        # amqps:// and rediss:// verify the server's certificate and host name; kombu's own
+        # default for rediss:// without options verifies nothing (config/tls.py).
+        options["broker_use_ssl"] = use_ssl
     if settings.queues:
         options["task_queues"] = declared_queues(settings)
     return options

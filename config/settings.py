@@ -9,76 +9,37 @@ SQLite as the ledger, both under ``var/``.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from conveyor.config import tls
 from conveyor.config.errors import ConfigError
+from conveyor.config.kinds import UNDECLARED as UNDECLARED  # re-exported
+from conveyor.config.kinds import BrokerKind as BrokerKind
+from conveyor.config.kinds import LogFormat as LogFormat
+from conveyor.config.kinds import QueueSpec as QueueSpec
+from conveyor.config.kinds import QueueType as QueueType
+from conveyor.config.secret_files import SecretFiles
 from conveyor.config.urls import BROKER_SCHEMES, DATABASE_SCHEMES, check_scheme
 from conveyor.config.urls import sqlalchemy_url as sqlalchemy_url  # re-exported
 from conveyor.worker.constants import DEAD_LETTER_SUFFIX, LEASE_S
 from conveyor.worker.schedules import parse_declared
-
-
-class BrokerKind(StrEnum):
-    """Which transport family a broker URL selects; decides broker-specific options."""
-
-    REDIS = "redis"
-    RABBITMQ = "rabbitmq"
-    EMBEDDED = "embedded"
-
-
-class LogFormat(StrEnum):
-    """How log lines are written."""
-
-    JSON = "json"
-    TEXT = "text"
-
-
-class QueueType(StrEnum):
-    """RabbitMQ queue type for Conveyor's queues (ignored on other brokers)."""
-
-    CLASSIC = "classic"
-    QUORUM = "quorum"
-
-
-class QueueSpec(BaseModel):
-    """One queue as ``CONVEYOR_QUEUES`` declares it (every field optional)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: QueueType | None = Field(
-        None, description="RabbitMQ: classic or quorum; unset: CONVEYOR_QUEUE_TYPE."
-    )
-    priority: bool = Field(
-        False,
-        description="Honour job priorities (0 to 9, 9 first). RabbitMQ: declared with "
-        "x-max-priority; on Redis every queue has priorities.",
-    )
-    prefetch: int | None = Field(
-        None,
-        gt=0,
-        le=64,
-        description="Messages each worker process reserves ahead: more for short jobs, 1 for "
-        "long ones; unset: CONVEYOR_PREFETCH_MULTIPLIER.",
-    )
-
-
-UNDECLARED = QueueSpec()
-"""What a queue that ``CONVEYOR_QUEUES`` does not name gets: every default."""
 
 
 class Settings(BaseSettings):
@@ -91,6 +52,19 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secret settings may come from files: ``CONVEYOR_X_FILE`` (config/secret_files.py)."""
+        files = SecretFiles(settings_cls, env=env_settings, dotenv=dotenv_settings)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
     env: str = Field("development", description="Deployment environment name (Sentry, logs).")
     data_dir: Path = Field(Path("var"), description="Folder for the embedded broker and ledger.")
@@ -172,7 +146,41 @@ class Settings(BaseSettings):
         "comma-separated; none by default (CORS off).",
     )
     api_rate_limit_per_s: float = Field(
-        100.0, gt=0, description="HTTP API: requests per second allowed per API key (429 above)."
+        100.0,
+        gt=0,
+        description="HTTP API: requests per second allowed per API key and kind of route "
+        "(enqueue, read, admin), shared by every API process (429 above).",
+    )
+    api_enqueue_rate_per_s: float | None = Field(
+        None, gt=0, description="HTTP API: the enqueue routes' rate per key, if not the above."
+    )
+    api_read_rate_per_s: float | None = Field(
+        None, gt=0, description="HTTP API: the read routes' rate per key, if not the above."
+    )
+    api_admin_rate_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="HTTP API: the operate and admin routes' rate per key, if not the above.",
+    )
+    api_auth_failures_per_min: int = Field(
+        30,
+        gt=0,
+        le=10_000,
+        description="HTTP API and console: failed authentications allowed per client address "
+        "at once, then one every 60/N seconds (429 beyond, before any credential is checked).",
+    )
+    api_max_batch: int = Field(
+        500, gt=0, le=10_000, description="HTTP API: most jobs in one `POST /v1/jobs:batch`."
+    )
+    max_payload_bytes: int = Field(
+        262_144,
+        gt=0,
+        le=64 * 1_048_576,
+        description="Largest job payload, as JSON bytes: refused at enqueue (client, CLI, API: "
+        "413), and a larger message from any producer is dead-lettered by the worker.",
+    )
+    max_payload_depth: int = Field(
+        32, gt=0, le=500, description="Deepest nesting of objects and arrays in a job payload."
     )
     console_users: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -240,6 +248,43 @@ class Settings(BaseSettings):
         None, description="OTLP/HTTP endpoint for traces (http://host:4318); unset: tracing off."
     )
 
+    # Transport security (config/tls.py, docs/tls.md). TLS is on per connection by the broker
+    # URL's scheme (amqps://, rediss://) and, for the ledger, by database_tls; these files
+    # verify the servers and identify Conveyor to them. Verification is never off.
+    tls_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that verifies the broker's and the ledger's certificates "
+        "over TLS; unset: the system's trusted CAs.",
+    )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="Client certificate (PEM) shown to the broker and the ledger over TLS, "
+        "with tls_key_file; unset: none.",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="The client certificate's private key (PEM, not encrypted)."
+    )
+    database_tls: bool = Field(
+        False,
+        description="Ledger on PostgreSQL: TLS only, the server's certificate and host name "
+        "verified (sslmode=verify-full) against tls_ca_file, or the system's CAs when unset.",
+    )
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # `X=${X:-}` in a compose file
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _check_tls_file(cls, value: Path | None) -> Path | None:
+        return tls.check_file(value)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        tls.check(self)
+        return self
+
     @field_validator(
         "sentry_dsn",
         "metrics_token",
@@ -282,17 +327,13 @@ class Settings(BaseSettings):
 
     @field_validator("schedules", mode="before")
     @classmethod
-    def _schedules_from_json(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value) if value.strip() else []
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc})") from None
-
-    @field_validator("schedules")
-    @classmethod
-    def _check_schedules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _check_schedules(cls, value: Any) -> Any:
+        """JSON text (or a list) of entries, checked as the scheduler will read them."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
         parse_declared(value)  # raises ValueError naming the entry at fault
         return value
 
@@ -365,17 +406,18 @@ class Settings(BaseSettings):
 
     @property
     def database(self) -> str:
-        """The ledger URL in effect, with PostgreSQL URLs pinned to the psycopg 3 driver."""
+        """The ledger URL in effect, with PostgreSQL URLs pinned to the psycopg 3 driver (and
+        libpq's TLS parameters with ``database_tls``: :func:`config.tls.database_url`)."""
         if self.database_url is None:
             return f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
-        return sqlalchemy_url(self.database_url.get_secret_value())
+        return tls.database_url(sqlalchemy_url(self.database_url.get_secret_value()), self)
 
     @property
     def database_replica(self) -> str | None:
         """The read replica's URL in SQLAlchemy's form, or None when there is none."""
         if self.database_replica_url is None:
             return None
-        return sqlalchemy_url(self.database_replica_url.get_secret_value())
+        return tls.database_url(sqlalchemy_url(self.database_replica_url.get_secret_value()), self)
 
     @property
     def broker_kind(self) -> BrokerKind:

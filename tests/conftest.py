@@ -279,6 +279,9 @@ def conveyor_env(broker_url: str, pg_url: str, data_dir: Path, **settings: str) 
         # jobs in the shared ledger, on its own broker (tests/integration/test_election.py
         # tests the workers' relay).
         "CONVEYOR_RELAY_IN_WORKERS": "false",
+        # Every test's API calls come from 127.0.0.1 and share its failed-authentication
+        # bucket; tests/integration/test_api_limits.py sets a small one of its own.
+        "CONVEYOR_API_AUTH_FAILURES_PER_MIN": "10000",
         **{f"CONVEYOR_{name.upper()}": value for name, value in settings.items()},
     }
 

@@ -210,7 +210,13 @@ def _write_batch(
 def _new_job(app: ConveyorApp, request: JobRequest, *, outbox: bool) -> NewJob:
     """The ledger row for ``request``, or the error that refuses it (:mod:`worker.admission`)."""
     spec = job_type(app.ledger, request.task)
-    check_payload(spec, request.payload)
+    settings = app.settings
+    check_payload(
+        spec,
+        request.payload,
+        max_bytes=settings.max_payload_bytes,
+        max_depth=settings.max_payload_depth,
+    )
     delay = request.delay
     delay_s = delay.total_seconds() if isinstance(delay, timedelta) else delay
     if delay_s is not None and delay_s < 0:

@@ -71,6 +71,8 @@ class DeadReason(StrEnum):
     """A task name no worker has registered."""
     CONTENT_TYPE = "content_type"
     """A serializer other than JSON (pickle, YAML, msgpack): never deserialized."""
+    TOO_LARGE = "too_large"
+    """A message larger than ``CONVEYOR_MAX_PAYLOAD_BYTES`` allows: never decoded."""
 
     @property
     def is_poison(self) -> bool:

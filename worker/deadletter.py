@@ -38,7 +38,7 @@ from sqlalchemy.exc import DataError
 
 from conveyor.config.settings import Settings
 from conveyor.worker.constants import DeadReason, dead_letter_queue
-from conveyor.worker.errors import Failure
+from conveyor.worker.errors import Failure, storable_text
 from conveyor.worker.ledger import Ledger, NewJob
 from conveyor.worker.models import utcnow
 from conveyor.worker.outcomes import Event, JobEvent, Outcomes
@@ -176,23 +176,29 @@ class DeadLetters:
 
     def _record_message(self, letter: Letter) -> Letter:
         """Write a message's dead row; if the ledger refuses its data, a minimal row."""
-        letter = replace(letter, task=letter.task[:MAX_NAME], queue=letter.queue[:MAX_NAME])
+        task, queue = storable_text(letter.task[:MAX_NAME]), storable_text(letter.queue[:MAX_NAME])
+        letter = replace(letter, task=task, queue=queue)
+        unstorable = (DataError, UnicodeEncodeError)  # the driver cannot encode a surrogate
         try:
             self.ledger.bury(self._row(letter), letter.failure, letter.reason)
-        except DataError:
-            # The message's own id or payload is what the ledger refuses (too long, a NUL):
-            # keep the facts under a fresh id; the .dead queue still gets the whole payload.
-            letter = replace(letter, job_id=str(uuid.uuid4()))
-            self.ledger.bury(replace(self._row(letter), payload={}), letter.failure, letter.reason)
+        except unstorable:
+            # The ledger refuses the payload (a NUL, NaN, a lone surrogate) or the message's
+            # own id (too long, ...): keep the facts without the payload, under that id if
+            # the ledger takes it, else under a fresh one; the .dead queue gets the payload.
+            try:
+                self.ledger.bury(self._row(letter, payload={}), letter.failure, letter.reason)
+            except unstorable:
+                letter = replace(letter, job_id=str(uuid.uuid4()))
+                self.ledger.bury(self._row(letter, payload={}), letter.failure, letter.reason)
         return letter
 
     @staticmethod
-    def _row(letter: Letter) -> NewJob:
+    def _row(letter: Letter, payload: dict[str, Any] | None = None) -> NewJob:
         return NewJob(
             id=letter.job_id,
             task=letter.task,
             queue=letter.queue,
-            payload=letter.payload,
+            payload=letter.payload if payload is None else payload,
             max_attempts=0,
             idempotency_key=letter.idempotency_key,
         )

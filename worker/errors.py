@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from conveyor.config.errors import ConfigError as ConfigError
 from conveyor.config.errors import ConveyorError as ConveyorError
 from conveyor.config.errors import UsageError as UsageError
+from conveyor.worker.observability.masking import mask
 
 # -- raised inside jobs -------------------------------------------------------------------------
 
@@ -151,18 +152,21 @@ class Failure:
 
 
 def failure_of(error: BaseException, message: str | None = None) -> Failure:
-    """``error`` as the ledger keeps it: type, message (or ``message``), traceback, capped."""
-    formatted = "".join(traceback.format_exception(error))[-16000:]
+    """``error`` as the ledger keeps it: type, message (or ``message``), traceback, capped,
+    with secrets masked (a library's error may quote the URL it was given, password and all):
+    from the ledger they reach ``conveyor dlq``, the API, the console and Sentry."""
+    formatted = mask("".join(traceback.format_exception(error)))[-16000:]
     return Failure(
         error_type=error_type_of(error),
-        message=_storable((str(error) if message is None else message)[:4000]),
-        traceback=_storable(formatted),
+        message=storable_text(mask(str(error) if message is None else message)[:4000]),
+        traceback=storable_text(formatted),
     )
 
 
-def _storable(text: str) -> str:
-    """``text`` without NUL characters, which PostgreSQL's text columns refuse."""
-    return text.replace("\x00", "\\x00")
+def storable_text(text: str) -> str:
+    """``text`` without what PostgreSQL's text columns refuse: NUL characters and lone
+    surrogates (not UTF-8; a message's names and errors may hold them), each escaped."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 WORKER_LOST = error_type_of(WorkerLost())

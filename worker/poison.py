@@ -6,7 +6,12 @@ content type (anything but JSON, pickle included) is rejected, which on Redis de
 it. Here each of them is buried like any dead job (:meth:`worker.deadletter.DeadLetters.bury`:
 a dead row in the ledger, its queue's dead-letter queue, the outcome chain), under the
 job id the message names or a fresh one, then acknowledged, so the worker keeps consuming
-and the queue is never blocked.
+and the queue is never blocked. So is a message with a task header that Celery would take
+for protocol v2 and then crash on, or lose in the pool (:func:`malformed`).
+
+A message larger than ``CONVEYOR_MAX_PAYLOAD_BYTES`` (and :data:`ENVELOPE_BYTES` for
+the envelope around the payload) is buried as ``too_large`` before it is decoded at all,
+whoever produced it: Conveyor's own producers refuse such payloads at enqueue.
 
 What happens to the message:
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -29,7 +35,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import ContentDisallowed
 from sqlalchemy.exc import SQLAlchemyError
 
-from conveyor.worker.constants import DeadReason
+from conveyor.worker.constants import IDEMPOTENCY_HEADER, DeadReason
 from conveyor.worker.deadletter import Letter, raw_body
 from conveyor.worker.errors import PoisonMessage, failure_of
 from conveyor.worker.observability.logs import job_fields
@@ -38,6 +44,9 @@ from conveyor.worker.transports import POISON_CONTENT_TYPE
 
 log = logging.getLogger("conveyor.poison")
 
+ENVELOPE_BYTES = 65_536
+"""Room in a message body for what surrounds the payload (protocol v2's ``[args, kwargs,
+embed]``, a foreign producer's chains and callbacks)."""
 LEDGER_PAUSE_S = 1.0
 """How long the consumer waits before requeueing a poison message the ledger could not
 record: the ledger is down, so nothing else can make progress meanwhile either."""
@@ -49,11 +58,90 @@ def kwargs_of(message: Any) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(message.body)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested far too deep
         return {}
     if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict):
         return body[1]
     return {}
+
+
+NOT_V2 = "the body is not a protocol v2 [args, kwargs, embed]"
+
+
+def malformed(message: Any) -> str | None:
+    """Why a message with a task header cannot run as a job (buried as ``invalid_message``),
+    or None.
+
+    Celery 5.7 takes such a message for protocol v2 and never checks it: a task name or
+    job id that is not text, a body that is not ``[args, kwargs, embed]``, a ``timelimit``,
+    ``shadow``, ``stamped_headers`` or ``retries`` header of another shape, an empty
+    ``eta`` or ``expires`` raise in its event loop (the worker exits, and its restart dies
+    on the same message) or in the pool (the message is rejected unrecorded: lost). A job
+    id or key that is not UTF-8 cannot reach the ledger. A body that does not decode is
+    left to Celery, which buries it (:meth:`Consumer.on_decode_error`,
+    :meth:`Consumer.on_invalid_task`).
+    """
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None  # Celery handles it: on_unknown_message, or a protocol v1 body
+    why = _bad_headers(headers)
+    if why is not None:
+        return why
+    try:
+        body = message.payload  # decoded once: Celery's strategy reads the same cache
+    except Exception:  # undecodable, or a disallowed content type: Celery buries it
+        return None
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return NOT_V2
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        return NOT_V2
+    return None if isinstance(embed, dict | None) else NOT_V2
+
+
+def _bad_headers(headers: dict[str, Any]) -> str | None:
+    job_id, key = headers.get("id"), headers.get(IDEMPOTENCY_HEADER)
+    if not isinstance(headers["task"], str):
+        return "the task header is not text"
+    if not isinstance(job_id, str) or not job_id or not _utf8(job_id):
+        return "the id header is not a job id (UTF-8 text)"
+    if key is not None and not _utf8(str(key)):
+        return f"the {IDEMPOTENCY_HEADER} header is not UTF-8 text"
+    limits = headers.get("timelimit")
+    if limits and not (isinstance(limits, list | tuple) and len(limits) == 2):
+        return "the timelimit header is not [hard, soft]"
+    if limits and not all(_seconds(limit) for limit in limits):
+        return "the timelimit header is not [hard, soft] in seconds"
+    stamped = headers.get("stamped_headers")
+    if stamped and not (
+        isinstance(stamped, list | tuple) and all(isinstance(s, str) for s in stamped)
+    ):
+        return "the stamped_headers header is not a list of names"
+    if not isinstance(headers.get("shadow"), str | None):
+        return "the shadow header is not text"
+    if any(headers.get(name) is not None and not headers[name] for name in ("eta", "expires")):
+        return "the eta or expires header is empty"  # Celery takes it for a time: None
+    return None if isinstance(headers.get("retries", 0), int) else "retries is not a number"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _seconds(value: Any) -> bool:
+    """None, or seconds the pool's timers take: a float (an int past 1e308 is none)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return 0 <= float(value) < math.inf
+    except OverflowError:
+        return False
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -61,7 +149,22 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     messages of a paused queue go back to it (:mod:`worker.pauses`)."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        return holding_paused(self, super().create_task_handler(*args, **kwargs))
+        handle = holding_paused(self, super().create_task_handler(*args, **kwargs))
+        limit = self.app.settings.max_payload_bytes + ENVELOPE_BYTES
+
+        def on_message(message: Any) -> Any:
+            size = len(message.body or b"")
+            if size > limit:
+                exc = PoisonMessage(f"the message body is {size} bytes; the limit is {limit}")
+                self.bury(message, DeadReason.TOO_LARGE, exc)
+                return None
+            why = malformed(message)
+            if why is not None:
+                self.bury(message, DeadReason.INVALID_MESSAGE, PoisonMessage(why))
+                return None
+            return handle(message)
+
+        return on_message
 
     def add_task_queue(self, queue: str, exchange: Any = None, *args: Any, **options: Any) -> None:
         """Consume ``queue`` (remote control's ``add_consumer``, a resumed pause). A queue
@@ -119,9 +222,12 @@ def letter_of(message: Any, reason: DeadReason, exc: Exception, default_queue: s
         queue=queue,
         reason=reason,
         failure=failure_of(exc, f"{reason}: {exc}"),
-        payload=kwargs_of(message) or {"_raw": raw_body(message.body)},
+        # A too-large body is kept once, in ``message``, and never decoded.
+        payload={}
+        if reason is DeadReason.TOO_LARGE
+        else kwargs_of(message) or {"_raw": raw_body(message.body)},
         message={
-            "id": headers.get("id"),
+            "id": None if headers.get("id") is None else str(headers["id"]),  # AMQP: maybe bytes
             "headers": {k: str(v) for k, v in headers.items()},
             "content_type": message.content_type,
             **raw_body(message.body),

@@ -14,7 +14,8 @@ Each pass it
 - **enqueues periodic jobs** whose tick has come, one job per tick (:mod:`worker.scheduler`);
 - **prunes finished jobs** past their retention (``CONVEYOR_RETENTION_*``,
   :mod:`worker.ledger.retention`) every ``CONVEYOR_RETENTION_EVERY_S``, a few short
-  batches a pass, and on the next pass again while a backlog remains.
+  batches a pass, and on the next pass again while a backlog remains; and, as often, the
+  idle rows of the rate limits (the API's buckets, failing addresses, rate keys).
 
 Every worker runs the relay's duty too (``CONVEYOR_RELAY_IN_WORKERS``, on by default), and
 ``conveyor relay`` runs it on its own; among all of them one leader acts at a time
@@ -131,10 +132,13 @@ class Relay:
         rows left (a backlog). A failed pass is logged and tried again when the next is
         due: it must not hold up the relay's own duties, which run before it regardless.
         """
-        if not self.retention.enabled or time.monotonic() < self._prune_due:
+        if time.monotonic() < self._prune_due:
             return 0
         self._prune_due = time.monotonic() + self.retention_every_s
         try:
+            self.app.ledger.forget_idle_buckets(now=time.time())  # rate limits' idle rows
+            if not self.retention.enabled:
+                return 0
             done = prune(self.app.ledger, self.retention)
         except Exception:  # the ledger refused or is unreachable: the next pass tries again
             log.warning("relay.prune_failed", exc_info=True)

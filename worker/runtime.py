@@ -369,7 +369,8 @@ class Runtime:
         return DeadLettered(f"{letter.failure.error_type}: dead-lettered ({letter.reason.value})")
 
     def _unstorable(self, spec: JobSpec, delivery: Delivery, error: DataError) -> Ended:
-        """Dead-letter a message whose data the ledger refuses (under a fresh job id)."""
+        """Dead-letter a message whose data the ledger refuses (without its payload, under a
+        fresh job id if the ledger refuses its own: :meth:`DeadLetters.bury`)."""
         cause = error.orig or error
         lines = str(cause).strip().splitlines()
         reason = DeadReason.INVALID_MESSAGE

@@ -1,11 +1,13 @@
 """kombu's Redis transport, made safe against messages that are not kombu envelopes.
 
 On Redis a queue is a list of JSON envelopes. Anyone who can LPUSH can put anything
-there; kombu 5.7 then raises ``JSONDecodeError`` inside the worker's event loop, which
-Celery treats as unrecoverable: the worker exits, and every restart dies the same way
-once the garbage is at the head of the queue (checked here). :class:`Channel` wraps such
-an item in an envelope of content type :data:`POISON_CONTENT_TYPE` instead, which the
-worker's consumer (:mod:`worker.poison`) dead-letters like any other poison message.
+there; kombu 5.7 then raises ``JSONDecodeError`` (or ``KeyError``, ``TypeError`` for JSON
+that is not a whole envelope) inside the worker's event loop, which Celery treats as
+unrecoverable: the worker exits, and every restart dies the same way once the garbage is
+at the head of the queue (checked here). :class:`Channel` wraps such an item (anything
+:func:`readable` refuses) in an envelope of content type :data:`POISON_CONTENT_TYPE`
+instead, which the worker's consumer (:mod:`worker.poison`) dead-letters like any other
+poison message.
 
 Only ``_brpop_read`` and ``_get`` change, each copied from kombu 5.7 with the decode
 step replaced; the package pins kombu below 5.8.
@@ -17,7 +19,7 @@ import base64
 import json
 import uuid
 from queue import Empty
-from typing import Any
+from typing import Any, TypeGuard
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
@@ -29,9 +31,9 @@ def envelope_or_poison(item: bytes | str, queue: str) -> dict[str, Any]:
     """Decode a Redis list item, or wrap it as a poison envelope if it is not one."""
     try:
         envelope = json.loads(bytes_to_str(item))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested far too deep
         envelope = None
-    if isinstance(envelope, dict) and "properties" in envelope and "body" in envelope:
+    if readable(envelope):
         return envelope
     raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
     return {
@@ -47,6 +49,43 @@ def envelope_or_poison(item: bytes | str, queue: str) -> dict[str, Any]:
             "priority": 0,
         },
     }
+
+
+def readable(envelope: Any) -> TypeGuard[dict[str, Any]]:
+    """Whether kombu 5.7 can make a message of ``envelope`` and hold it unacknowledged (what
+    ``virtual.Message`` and the Redis ``QoS.append`` read): else it is handed on as poison."""
+    if not isinstance(envelope, dict) or "body" not in envelope:
+        return False
+    properties = envelope.get("properties")
+    if not isinstance(properties, dict):
+        return False
+    info = properties.get("delivery_info")
+    return (
+        isinstance(info, dict)
+        and all(isinstance(info.get(key), str) for key in ("exchange", "routing_key"))
+        and isinstance(properties.get("delivery_tag"), str)
+        and isinstance(envelope.get("headers") or {}, dict)
+        and all(isinstance(envelope.get(key), str | None) for key in TEXT_FIELDS)
+        and _decodable(envelope["body"], properties.get("body_encoding"))
+    )
+
+
+TEXT_FIELDS = ("content-type", "content-encoding")
+
+
+def _decodable(body: Any, encoding: Any) -> bool:
+    """Whether kombu's ``Channel.decode_body`` turns ``body`` into text or bytes."""
+    if not isinstance(body, str | None):
+        return False
+    if not body or not encoding:
+        return True
+    if encoding == "base64":
+        try:
+            base64.b64decode(body)
+        except ValueError:  # binascii.Error: bad padding
+            return False
+        return True
+    return isinstance(encoding, str) and encoding.lower() == "utf-8"
 
 
 class PoisonSafeMixin(kombu_redis.Channel):

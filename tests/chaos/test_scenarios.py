@@ -141,14 +141,26 @@ def assert_every_promise_held(report: dict[str, Any], scenario: str, jobs: int) 
         assert report["dead"] > 0
 
 
+def ci_size_run(scenario: str, broker: str) -> None:
+    lease_s = SHORT_LEASE_S if scenario in LEASE_BOUND else None
+    report = chaos_run(scenario, broker, CI_JOBS, seed=11, max_faults=CI_FAULTS, lease_s=lease_s)
+    assert_every_promise_held(report, scenario, CI_JOBS)
+
+
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("scenario", "broker"), DEFAULT_RUN)
 def test_scenario_keeps_every_promise(scenario: str, broker: str) -> None:
-    jobs = CI_JOBS
-    lease_s = SHORT_LEASE_S if scenario in LEASE_BOUND else None
-    report = chaos_run(scenario, broker, jobs, seed=11, max_faults=CI_FAULTS, lease_s=lease_s)
-    assert_every_promise_held(report, scenario, jobs)
+    ci_size_run(scenario, broker)
+
+
+@pytest.mark.full
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("scenario", "broker"), [r for r in EVERY_RUN if r not in DEFAULT_RUN])
+def test_a_scenario_too_long_for_the_default_run_keeps_every_promise_at_ci_size(
+    scenario: str, broker: str
+) -> None:
+    ci_size_run(scenario, broker)
 
 
 @pytest.mark.full

@@ -15,7 +15,6 @@ from typing import Any, cast
 import psycopg
 import pytest
 
-from conveyor.worker.api.auth import KEY_CACHE_TTL_S
 from tests.conftest import (
     REDIS_URL,
     Processes,
@@ -139,16 +138,16 @@ def test_each_scope_opens_its_own_routes(api: Api, keys: dict[str, str], api_que
     assert admin.post(f"/v1/jobs/{second.json()['id']}/cancel").status_code == 200
 
 
-def test_a_revoked_key_stops_working_within_seconds(api: Api) -> None:
+def test_a_revoked_key_stops_working_and_tokens_are_never_shown_again(api: Api) -> None:
     name = f"revoke-me-{uuid.uuid4().hex[:8]}"
     client = api.client(api.key("read", name=name))
     assert client.get("/v1/queues").status_code == 200
 
     revoked = run_cli("apikey", "revoke", name, env=api.env)
     assert revoked.returncode == 0, revoked.stderr
-    started = time.monotonic()
+    # At once (in every process: tests/integration/test_api_limits.py), where the key
+    # cache alone would keep it for a minute.
     wait_for(lambda: client.get("/v1/queues").status_code == 401, timeout_s=10, every_s=0.1)
-    assert time.monotonic() - started <= KEY_CACHE_TTL_S + 1.0
     assert assert_problem(client.get("/v1/queues"), 401)["detail"] == "the API key was revoked"
 
     listed = run_cli("apikey", "list", "--json", env=api.env)
@@ -265,7 +264,10 @@ def test_a_batch_answers_each_job_as_post_v1_jobs_would(
 
     assert_problem(client.post("/v1/jobs:batch", json={"jobs": []}), 422, "invalid-body")
     too_many = [{"task": "demo.work", "payload": {"n": n}} for n in range(501)]
-    assert_problem(client.post("/v1/jobs:batch", json={"jobs": too_many}), 422, "invalid-body")
+    over = assert_problem(
+        client.post("/v1/jobs:batch", json={"jobs": too_many}), 413, "batch-too-large"
+    )
+    assert over["detail"] == "the batch has 501 jobs; the limit is 500"  # CONVEYOR_API_MAX_BATCH
     one_bad = [jobs[0], {"task": "demo.work", "payload": {}, "priority": 10}]
     refused = assert_problem(
         client.post("/v1/jobs:batch", json={"jobs": one_bad}), 422, "invalid-body"

@@ -27,6 +27,7 @@ from conveyor.worker.jobs import spec_for
 from conveyor.worker.ledger import NewJob
 from conveyor.worker.limits import RateLimit
 from conveyor.worker.models import Job, JobAttempt, JobState, utcnow
+from conveyor.worker.models import RateLimit as RateLimitRow
 from conveyor.worker.schema import ensure_schema
 from tests.conftest import REDIS_URL, TEST_JOBS, delete_queues, producer_app
 
@@ -240,3 +241,37 @@ def test_rate_limit_texts() -> None:
             RateLimit.parse(bad)
     with pytest.raises(ValueError, match="rate_limit"):
         RetryAfter(1, limit="fast")
+
+
+def test_an_api_bucket_takes_a_burst_then_one_token_an_interval(ledger_app: ConveyorApp) -> None:
+    ledger, now = ledger_app.ledger, time.time()
+    bucket = f"api:test:{uuid.uuid4().hex}"
+
+    def take(at: float) -> float:
+        return ledger.take_token(bucket, interval_s=2.0, burst=3, now=at)
+
+    assert [take(now) for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
+    assert take(now) == pytest.approx(2.0)  # refused: the next token is 2 s away
+    assert take(now + 1.0) == pytest.approx(1.0)  # a refusal spends nothing
+    assert ledger.peek_token(bucket, interval_s=2.0, burst=3, now=now + 1.0) == pytest.approx(1.0)
+    assert take(now + 2.0) == 0.0  # one token earned
+    assert take(now + 2.0) > 0
+    assert ledger.peek_token(f"{bucket}-unused", interval_s=2.0, burst=3, now=now) == 0.0
+
+
+def test_idle_buckets_and_rate_keys_are_forgotten(ledger_app: ConveyorApp) -> None:
+    ledger, now = ledger_app.ledger, time.time()
+    old, fresh = f"auth-failures:{uuid.uuid4().hex}", f"auth-failures:{uuid.uuid4().hex}"
+    slowed = f"k-{uuid.uuid4().hex}"
+    ledger.take_token(old, interval_s=1.0, burst=1, now=now - 7200)
+    ledger.take_token(fresh, interval_s=1.0, burst=1, now=now)
+    ledger.reserve_rate_slot(slowed, interval_s=1.0, now=now - 7200)
+    ledger.slow_down(slowed, not_before=now - 7200, interval_s=5.0, until=now + 60)
+
+    assert ledger.forget_idle_buckets(now=now) >= 1
+    with ledger_app.ledger.session() as session:
+        kept = set(session.scalars(select(RateLimitRow.key)))
+    assert old not in kept
+    assert {fresh, slowed} <= kept  # in use, or still slowed by a RetryAfter
+    # A forgotten bucket is a full one: the next take is allowed at once.
+    assert ledger.take_token(old, interval_s=1.0, burst=1, now=now) == 0.0

@@ -215,7 +215,7 @@ def test_settings_entries() -> None:
 @pytest.mark.parametrize(
     ("entries", "error"),
     [
-        ('{"task": "a"}', "Input should be a valid list"),
+        ('{"task": "a"}', "expected a JSON list of objects"),
         ('[{"task": "a"}]', "schedule 0: give every or cron"),
         ('[{"task": "a", "every": "1m", "cron": "* * * * *"}]', "give every or cron"),
         ('[{"task": "a", "every": "5x"}]', "schedule 0: bad period '5x'"),

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from conveyor.config.settings import package_version
+from conveyor.config.settings import Settings, package_version
 from conveyor.worker.api.auth import Authenticator
 from conveyor.worker.api.body import BodyLimit
 from conveyor.worker.api.catalog import catalog_router
@@ -31,7 +31,7 @@ from conveyor.worker.api.hygiene import Hygiene, cors_options
 from conveyor.worker.api.jobs import jobs_router
 from conveyor.worker.api.problems import CatchAll, Problem, install_handlers
 from conveyor.worker.api.queues import queues_router
-from conveyor.worker.api.ratelimit import RateLimiter
+from conveyor.worker.api.ratelimit import AuthFailures, RateLimiter, Rates
 from conveyor.worker.api.schedules import schedules_router
 from conveyor.worker.api.schemas import JobBatch, JobCreate
 from conveyor.worker.app import ConveyorApp
@@ -44,8 +44,10 @@ Every `/v1` route needs an API key (`conveyor apikey create NAME --scope ...`) s
 `Authorization: Bearer <token>`. Scopes: `enqueue` (create and cancel jobs), `read`
 (every GET), `operate` (replay and purge dead letters, pause and resume queues and
 schedules, run a schedule now; implies `read`), `admin` (all of them). Each key may make a
-limited number of requests per second (429 with `Retry-After` beyond it). Every error is an
-RFC 9457 problem document (`application/problem+json`).
+limited number of requests per second to each kind of route (enqueue, read, admin), across
+every API process (429 with `Retry-After` beyond it); an address that fails to authenticate
+too often is refused for a while (429). Every error is an RFC 9457 problem document
+(`application/problem+json`).
 """
 
 EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
@@ -84,13 +86,25 @@ def openapi_document(api: FastAPI) -> dict[str, Any]:
     return document
 
 
+def rates_of(settings: Settings) -> Rates:
+    """Each kind of route's rate: its own setting, else ``CONVEYOR_API_RATE_LIMIT_PER_S``."""
+    default = settings.api_rate_limit_per_s
+    return Rates(
+        enqueue_per_s=settings.api_enqueue_rate_per_s or default,
+        read_per_s=settings.api_read_rate_per_s or default,
+        admin_per_s=settings.api_admin_rate_per_s or default,
+    )
+
+
 def create_api(conveyor: ConveyorApp) -> FastAPI:
     """The HTTP API for ``conveyor``'s ledger and broker (see ``docs/api.md``)."""
     settings = conveyor.settings
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        auth.revocations.start()
         yield
+        auth.revocations.stop()
         conveyor.ledger.dispose()
         conveyor.close()
 
@@ -103,7 +117,9 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    auth = Authenticator(conveyor.ledger, RateLimiter(settings.api_rate_limit_per_s))
+    failures = AuthFailures(conveyor.ledger, per_min=settings.api_auth_failures_per_min)
+    limiter = RateLimiter(conveyor.ledger, rates_of(settings))
+    auth = Authenticator(conveyor.ledger, limiter, failures)
     routers = [
         health_router(conveyor),
         jobs_router(conveyor, auth),
@@ -118,7 +134,7 @@ def create_api(conveyor: ConveyorApp) -> FastAPI:
     install_handlers(
         api, [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     )
-    install_console(api, conveyor)
+    install_console(api, conveyor, failures)
     api.add_middleware(BodyLimit, limit_bytes=settings.api_max_body_bytes)
     if settings.api_cors_origins:
         api.add_middleware(CORSMiddleware, **cors_options(settings.api_cors_origins))

@@ -15,7 +15,7 @@ gauges (:class:`~worker.observability.metrics.LedgerCollector`) to a caller with
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -68,11 +68,11 @@ def metrics_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
     token = secret.get_secret_value() if secret is not None else None
     read = auth.require(Scope.READ)
 
-    async def scraper(credentials: Credentials) -> None:
+    async def scraper(request: Request, credentials: Credentials) -> None:
         offered = credentials.credentials if credentials is not None else ""
         if token_matches(token, offered):
             return
-        await read(credentials)
+        await read(request, credentials)
 
     @router.get(
         "/metrics",

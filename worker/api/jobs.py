@@ -102,12 +102,21 @@ def jobs_router(app: ConveyorApp, auth: Authenticator) -> APIRouter:
     def create_jobs(
         _who: Enqueuer, body: Annotated[JobBatch, Depends(json_body(JobBatch))]
     ) -> dict[str, Any]:
-        """Up to 500 jobs, written in one statement and published with one wait for the
-        broker. Each job gets what `POST /v1/jobs` would give it alone: an item with 202
-        and the job's id and state, or the status and problem it would have answered
+        """Up to `CONVEYOR_API_MAX_BATCH` jobs (500 by default; more is a 413), written in
+        one statement and published with one wait for the broker. Each job gets what
+        `POST /v1/jobs` would give it alone: an item with 202 and the job's id and state,
+        or the status and problem it would have answered
         (unknown task, invalid payload, reused key, broker down); one refused job does
         not stop the others. A body that is not a batch at all is a 422, and nothing of it
         is enqueued."""
+        limit = app.settings.api_max_batch
+        if len(body.jobs) > limit:
+            raise ProblemError(
+                413,
+                f"the batch has {len(body.jobs)} jobs; the limit is {limit}",
+                kind="batch-too-large",
+                title="Batch too large",
+            )
         results = enqueue_many([job.request() for job in body.jobs], app=app)
         items = [
             batch_item(app, result, job.delay_s)

@@ -109,8 +109,8 @@ def revoke_key(ledger: Ledger, name: str, *, actor: str | None = None) -> bool:
     """Revoke the key called ``name``, audited as ``actor``'s (by default this process's
     ``user@host``); False if it was revoked before.
 
-    Raises :class:`~worker.errors.UsageError` when there is no such key. Servers stop
-    accepting it within :data:`worker.api.auth.KEY_CACHE_TTL_S`.
+    Raises :class:`~worker.errors.UsageError` when there is no such key. Every API server
+    stops accepting it at once (:mod:`worker.api.revocations`).
     """
     revoked = ledger.revoke_key(name, actor=actor or process_actor())
     if revoked is None:

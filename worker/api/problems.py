@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.worker.admission import IdempotencyConflict
+from conveyor.worker.admission import IdempotencyConflict, PayloadTooLarge
 from conveyor.worker.api.hygiene import REQUEST_ID
 from conveyor.worker.errors import (
     EnqueueError,
@@ -213,6 +213,12 @@ ANSWERS: list[tuple[type[Exception] | tuple[type[Exception], ...], Answer]] = [
     (
         UnknownTask,
         lambda exc: ProblemError(422, str(exc), kind="unknown-task", title="Unknown task"),
+    ),
+    (
+        PayloadTooLarge,
+        lambda exc: ProblemError(
+            413, str(exc), kind="payload-too-large", title="Payload too large"
+        ),
     ),
     (
         PayloadInvalid,

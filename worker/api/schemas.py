@@ -35,8 +35,10 @@ NO_NUL: Final = r"^[^\x00]*$"
 QUEUE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_DELAY_S: Final = 366 * 86_400
 MAX_EXPIRES_S: Final = MAX_DELAY_S
-MAX_BATCH: Final = 500
-"""Most jobs in one ``POST /v1/jobs:batch`` (the body limit, 1 MiB by default, also applies)."""
+MAX_BATCH: Final = 10_000
+"""The most ``CONVEYOR_API_MAX_BATCH`` may allow; the setting is checked by the route."""
+MAX_PAYLOAD_DEPTH: Final = 500
+"""The deepest ``CONVEYOR_MAX_PAYLOAD_DEPTH`` may allow."""
 IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x20-\x7e]+$"
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
@@ -72,7 +74,8 @@ UtcDatetime = Annotated[datetime, Strict(False), BeforeValidator(iso_only), Afte
 
 
 def _storable_payload(value: dict[str, Any]) -> dict[str, Any]:
-    storable(value)
+    # The depth the settings allow at most: the configured one is the client's check.
+    storable(value, max_depth=MAX_PAYLOAD_DEPTH)
     return value
 
 

@@ -116,12 +116,11 @@ def apikey_list(state: State, as_json: bool) -> None:
 @click.argument("name")
 @pass_state
 def apikey_revoke(state: State, name: str) -> None:
-    """Revoke key NAME; servers refuse it within a few seconds."""
-    from conveyor.worker.api.auth import KEY_CACHE_TTL_S
+    """Revoke key NAME; every API server refuses it at once."""
     from conveyor.worker.api.keys import revoke_key
 
     if revoke_key(state.ledger, name):
-        click.echo(f"revoked API key {name!r}; servers refuse it within {KEY_CACHE_TTL_S:g}s")
+        click.echo(f"revoked API key {name!r}; every API server refuses it from now on")
     else:
         click.echo(f"API key {name!r} was already revoked")
 

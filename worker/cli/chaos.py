@@ -1,8 +1,15 @@
-"""``conveyor chaos``: run the fault scenarios of :mod:`worker.chaos` and report figures."""
+"""``conveyor chaos``: run the fault scenarios of :mod:`worker.chaos` and report figures.
+
+The harness's default URLs (the local test services' well-known credentials) are options
+of this command only: no setting defaults to them. And the harness kills, restarts and
+cuts what it runs against, so every URL it is given must be on loopback.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -17,6 +24,17 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 SKIPPED = 3
 """Exit status of a run that could not start what its scenario needs (it says why)."""
+
+
+def on_loopback(url: str) -> bool:
+    """Whether every host ``url`` names is this machine's loopback."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @click.group()
@@ -85,8 +103,17 @@ def chaos_run(
     amqp_url: str,
     as_json: bool,
 ) -> None:
-    """Run SCENARIO; exit 1 if any invariant did not hold. Replay a failure with --seed."""
+    """Run SCENARIO; exit 1 if any invariant did not hold. Replay a failure with --seed.
+
+    The services must be on loopback: the scenarios kill, restart and cut them."""
     from conveyor.worker.chaos.harness import run
+
+    for option, url in (("--pg-url", pg_url), ("--redis-url", redis_url), ("--amqp-url", amqp_url)):
+        if not on_loopback(url):
+            raise click.UsageError(
+                f"{option} must be on loopback (127.0.0.1, ::1, localhost): the chaos "
+                "harness kills, restarts and cuts the services it runs against"
+            )
 
     if broker not in SCENARIOS[scenario].brokers:
         raise click.UsageError(

@@ -27,8 +27,11 @@ class State:
     @cached_property
     def settings(self) -> Settings:
         from conveyor.config import load_settings
+        from conveyor.worker.observability.masking import protect
 
-        return load_settings()
+        settings = load_settings()
+        protect(settings)  # from here on, nothing this process shows holds its secrets
+        return settings
 
     waits_for_ledger = False
     """Set by services (worker, relay, API, Flower): wait for the ledger instead of failing."""
@@ -99,6 +102,9 @@ def emit_json(data: Any) -> None:
 
 
 def fail(message: str) -> NoReturn:
-    """End the command with one line on stderr and exit code 1."""
-    click.echo(f"conveyor: error: {message}", err=True)
+    """End the command with one line on stderr and exit code 1, secrets masked (the line
+    may quote a library's error, and such errors can quote URLs)."""
+    from conveyor.worker.observability.masking import mask
+
+    click.echo(f"conveyor: error: {mask(message)}", err=True)
     sys.exit(EXIT_ERROR)

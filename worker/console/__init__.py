@@ -20,6 +20,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from conveyor.worker.api.ratelimit import AuthFailures
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.console.access import Sessions, parse_users
 from conveyor.worker.console.actions import actions_router
@@ -27,8 +28,9 @@ from conveyor.worker.console.pages import pages_router
 from conveyor.worker.console.web import STATIC, ConsoleHeaders, Denied, Gate, denied_response
 
 
-def install_console(api: FastAPI, conveyor: ConveyorApp) -> None:
-    """Add the console's routes, static files, gate and headers to ``api``."""
+def install_console(api: FastAPI, conveyor: ConveyorApp, failures: AuthFailures) -> None:
+    """Add the console's routes, static files, gate and headers to ``api``; failed sign-ins
+    count in ``failures`` with the API's."""
     settings = conveyor.settings
     sessions = Sessions(
         conveyor.ledger,
@@ -36,7 +38,7 @@ def install_console(api: FastAPI, conveyor: ConveyorApp) -> None:
         users=parse_users(settings.console_users),
     )
     gate = Gate(sessions)
-    api.include_router(actions_router(conveyor, gate, sessions))
+    api.include_router(actions_router(conveyor, gate, sessions, failures))
     api.include_router(pages_router(conveyor, gate))
     api.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     api.add_exception_handler(Denied, denied_response)

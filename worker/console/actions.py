@@ -6,6 +6,7 @@ the CLI and the HTTP API (so it is audited the same way, with the signed-in acto
 answers with a redirect (post/redirect/get: reloading never repeats an action).
 """
 
+import logging
 import secrets
 from contextlib import suppress
 from typing import Annotated, Any
@@ -14,7 +15,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from conveyor.worker.api.keys import Scope, create_key, list_keys, revoke_key
+from conveyor.worker.api.auth import client_address
+from conveyor.worker.api.keys import Scope, create_key, list_keys, revoke_key, token_prefix
+from conveyor.worker.api.ratelimit import AuthFailures
 from conveyor.worker.app import ConveyorApp
 from conveyor.worker.console.access import Role, Sessions, Viewer
 from conveyor.worker.console.pages import DEAD_FIELDS, BadFilter, dead_filter, filled
@@ -29,6 +32,8 @@ from conveyor.worker.console.web import (
 )
 from conveyor.worker.errors import UsageError
 from conveyor.worker.operations import dlq
+
+log = logging.getLogger("conveyor.console")
 
 PREVIEW_IDS = 100
 """Dead letters a preview lists by id (it counts all of them)."""
@@ -61,13 +66,16 @@ def set_cookie(
     )
 
 
-def actions_router(app: ConveyorApp, gate: Gate, sessions: Sessions) -> APIRouter:
-    """Every action, under ``/console``: signing in and out here, the rest below."""
+def actions_router(
+    app: ConveyorApp, gate: Gate, sessions: Sessions, failures: AuthFailures
+) -> APIRouter:
+    """Every action, under ``/console``: signing in and out here, the rest below. Failed
+    sign-ins count against the client's address with the API's (:mod:`worker.api.ratelimit`)."""
     router = APIRouter(prefix="/console", include_in_schema=False)
     PostedViewer = Annotated[Viewer, Depends(gate.posted(Role.VIEWER))]
 
     def login_form(
-        request: Request, next_path: str | None, *, error: str | None = None
+        request: Request, next_path: str | None, *, error: str | None = None, status: int = 401
     ) -> HTMLResponse:
         """The sign-in page, with a fresh token for its form in a cookie of its own."""
         token = secrets.token_urlsafe(32)
@@ -77,7 +85,9 @@ def actions_router(app: ConveyorApp, gate: Gate, sessions: Sessions) -> APIRoute
             "error": error,
             "users": bool(sessions.users),
         }
-        response = render(request, "login.html", None, context, status_code=401 if error else 200)
+        response = render(
+            request, "login.html", None, context, status_code=status if error else 200
+        )
         set_cookie(response, request, LOGIN_COOKIE, token, path=f"{PREFIX}/login")
         return response
 
@@ -98,13 +108,20 @@ def actions_router(app: ConveyorApp, gate: Gate, sessions: Sessions) -> APIRoute
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not secrets.compare_digest(csrf_token, expected):
             return login_form(request, next, error="the sign-in form expired: try again")
+        if not api_key and not username:
+            return login_form(request, next, error="give an API key, or a name and password")
+        address = client_address(request)
+        if failures.wait_s(address) > 0:
+            error = "too many failed sign-ins from this address: try again in a minute"
+            return login_form(request, next, error=error, status=429)
         if api_key:
             token = sessions.with_key(api_key.strip())
-        elif username:
-            token = sessions.with_password(username, password)
         else:
-            return login_form(request, next, error="give an API key, or a name and password")
+            token = sessions.with_password(username, password)
         if token is None:
+            who = {"key_prefix": token_prefix(api_key.strip())} if api_key else {"user": username}
+            log.warning("console.sign_in_failed", extra={"client": address, **who})
+            failures.failed(address)
             return login_form(request, next, error="those credentials do not open the console")
         response = RedirectResponse(safe_next(next), status_code=303)
         set_cookie(response, request, COOKIE, token, path=PREFIX, max_age=sessions.lifetime_s)

@@ -9,7 +9,8 @@
 - **Headers** (:class:`ConsoleHeaders`): a Content-Security-Policy that admits scripts and
   styles from the console's own ``/console/static`` only (no inline script can run, so a
   payload containing ``<script>`` is text, as Jinja's escaping already makes it), no
-  framing, no referrer, no caching of pages that show job data.
+  framing, no referrer; ``nosniff``, ``no-store`` (pages show job data) and HSTS come with
+  every answer of the server (:mod:`worker.api.hygiene`).
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ SECURITY_HEADERS: Final = {
     ),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+"""The console's own headers; ``nosniff``, ``no-store`` and HSTS, which every answer of the
+server carries, come from :class:`worker.api.hygiene.Hygiene`."""
 
 
 class ConsoleHeaders:
-    """ASGI middleware: :data:`SECURITY_HEADERS` on every ``/console`` answer, and
-    ``Cache-Control: no-store`` on all but its static files."""
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every ``/console`` answer."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -71,11 +72,7 @@ class ConsoleHeaders:
         if scope["type"] != "http" or not path.startswith(PREFIX):
             await self.app(scope, receive, send)
             return
-        extra = dict(SECURITY_HEADERS)
-        if not path.startswith(f"{PREFIX}/static/"):
-            extra["Cache-Control"] = "no-store"
-        if scope.get("scheme") == "https":
-            extra["Strict-Transport-Security"] = "max-age=31536000"
+        extra = SECURITY_HEADERS
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -6,6 +6,7 @@ module                 who calls it, for what
 ``database``           everyone: the pooled engine, sessions, :class:`NewJob`
 ``jobs``               producers and workers: create, claim, succeed, fail, renew, cancel
 ``statements``         the job path's claim, success and progress statements, built once
+``claims``             what a claim found: the attempt, or why not (shared by both claims)
 ``inserts``            new job rows on PostgreSQL in one round trip, one or a batch
 ``relay``              the relay: due retries, expired leases, stranded jobs
 ``dead``               :mod:`worker.deadletter`: the dead row of a poison message
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 from conveyor.worker.errors import WORKER_LOST, Failure
 from conveyor.worker.ledger.catalog import CatalogStore
+from conveyor.worker.ledger.claims import Claim
 from conveyor.worker.ledger.database import Database, NewJob, make_engine
 from conveyor.worker.ledger.dead import DeadLetterStore
-from conveyor.worker.ledger.jobs import Claim, JobPath
+from conveyor.worker.ledger.jobs import JobPath
 from conveyor.worker.ledger.keys import KeyStore
 from conveyor.worker.ledger.leases import LeaseStore
 from conveyor.worker.ledger.limits import LimitStore

@@ -191,12 +191,15 @@ class Database:
             else:
                 _INHERITED.append(held.connection)
         held.connection = None
-        # The dialect's own arguments: a multi-host URL (``?host=h1:p1&host=h2:p2``) reaches
-        # libpq as the host and port lists the pool's connections get.
-        arguments = self.engine.dialect.create_connect_args(self.engine.url)[1]
-        held.connection = psycopg.connect(**arguments, autocommit=True)
+        held.connection = psycopg.connect(**self.psycopg_arguments(), autocommit=True)
         held.pid, held.opened = os.getpid(), monotonic()
         return held.connection
+
+    def psycopg_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of ``psycopg.connect`` for a connection of this database's own,
+        outside the pool. The dialect's: a multi-host URL (``?host=h1:p1&host=h2:p2``)
+        reaches libpq as the host and port lists the pool's connections get."""
+        return dict(self.engine.dialect.create_connect_args(self.engine.url)[1])
 
     @property
     def engine(self) -> Engine:

@@ -10,7 +10,6 @@ compiled once from the same SQLAlchemy statements that SQLite runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,12 +19,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import UpdateBase
 
 from conveyor.worker.errors import Failure
+from conveyor.worker.ledger.claims import Claim, claim_of, why_unclaimed
 from conveyor.worker.ledger.database import Database, NewJob
 from conveyor.worker.ledger.inserts import insert_rows, single_insert
 from conveyor.worker.ledger.statements import (
     CLAIM,
     CLAIMABLE,
-    EXPIRED,
     PROGRESS,
     PROGRESS_NOTE_CHARS,
     SUCCEED,
@@ -33,29 +32,6 @@ from conveyor.worker.ledger.statements import (
     _jobs,
 )
 from conveyor.worker.models import Job, JobAttempt, JobState, utcnow
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Outcome of trying to claim a job for one attempt.
-
-    ``attempt`` is set when the claim succeeded; otherwise ``state`` says why not and,
-    for a job another worker holds, ``busy_for_s`` says how long its lease still runs.
-    ``duplicate`` marks a foreign message whose idempotency key belongs to another job.
-    """
-
-    attempt: int | None
-    state: JobState
-    busy_for_s: float = 0.0
-    idempotency_key: str | None = None
-    duplicate: bool = False
-    expired: bool = False
-    """The job's deadline passed before it started: this claim cancelled it (``expired``)."""
-    parked: bool = False
-    """Its concurrency key was full: the job waits in the ledger (``scheduled``) until the
-    relay releases it (:mod:`worker.limits`)."""
-    rate_slot_at: datetime | None = None
-    """The start slot the job reserved under its rate limit while it waited, if it did."""
 
 
 class JobPath(Database):
@@ -347,57 +323,6 @@ class JobPath(Database):
                     .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
                     .values(lease_expires_at=expires)
                 )
-
-
-def claim_of(claimed: tuple[Any, ...]) -> Claim:
-    """The :class:`Claim` of an attempt from the claim's returned row (``CLAIMED``)."""
-    return Claim(claimed[0], JobState.RUNNING, 0.0, claimed[1], rate_slot_at=claimed[2])
-
-
-def why_unclaimed(session: Session, job_id: str, now: datetime) -> Claim | None:
-    """Why a claim took no row: the job is finished, held, or past its deadline (which this
-    marks ``cancelled``, ``expired``). None when the job has no row at all."""
-    row = session.execute(
-        select(Job.state, Job.lease_expires_at, Job.expires_at, Job.started_at).where(
-            Job.id == job_id
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    state, expires = JobState(row.state), row.lease_expires_at
-    if (
-        state in CLAIMABLE
-        and row.started_at is None
-        and row.expires_at is not None
-        and row.expires_at <= now
-        and _expire(session, job_id, now)
-    ):
-        return Claim(None, JobState.CANCELLED, expired=True)
-    busy_for_s = (expires - now).total_seconds() if expires is not None else 0.0
-    return Claim(None, state, max(busy_for_s, 0.0))
-
-
-def _expire(session: Session, job_id: str, now: datetime) -> bool:
-    """Mark a job whose deadline passed before it started ``cancelled`` (``expired``);
-    False if it has moved on meanwhile (claimed, cancelled)."""
-    cancelled = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.state.in_(CLAIMABLE),
-            Job.started_at.is_(None),
-            Job.expires_at <= now,
-        )
-        .values(
-            state=JobState.CANCELLED,
-            cancel_reason=EXPIRED,
-            finished_at=now,
-            updated_at=now,
-            run_at=None,
-        )
-        .returning(Job.id)
-    ).scalar_one_or_none()
-    return cancelled is not None
 
 
 def lease_s_left(lease: datetime, now: datetime) -> float:

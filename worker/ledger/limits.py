@@ -26,8 +26,8 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from conveyor.worker.ledger.claims import Claim, claim_of, why_unclaimed
 from conveyor.worker.ledger.database import Database, NewJob
-from conveyor.worker.ledger.jobs import Claim, claim_of, why_unclaimed
 from conveyor.worker.ledger.statements import (
     _THIS_ATTEMPT,
     CLAIM_VALUES,

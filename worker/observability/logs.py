@@ -13,6 +13,9 @@ Celery's and uvicorn's, with structlog: ``{"event": "job.retry_scheduled", "job_
 Payloads and results never reach the log: no event carries them, fields that would
 (payload, kwargs, args, result, Celery's ``data``) are dropped, and Celery's own
 "Task ... succeeded: RESULT" line is turned off (Conveyor logs ``job.succeeded`` instead).
+
+Secrets never do either: every value of every line goes through
+:mod:`~worker.observability.masking` (the settings' secrets, any URL's password).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from conveyor.config.settings import LogFormat
+from conveyor.worker.observability.masking import mask_event
 from conveyor.worker.observability.tracing import current_trace_id
 from conveyor.worker.outcomes import Event
 
@@ -122,6 +126,7 @@ def configure_logging(level: str, fmt: LogFormat = LogFormat.JSON) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                mask_event,  # secrets out of every value, the traceback included
                 renderer,
             ],
         )

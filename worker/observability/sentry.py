@@ -30,6 +30,9 @@ arguments and every exception message that Conveyor did not redact itself. A dea
 message is kept with the payload's values cut out (:func:`redactor`): messages such as
 ``gate sk_live_42 is closed`` or pydantic's ``input_value=...`` quote them.
 
+Secrets never reach Sentry: ``before_send`` masks the settings' secrets and any URL's
+password in every string of every event, whatever made it (:mod:`worker.observability.masking`).
+
 ``sentry_sdk`` is imported only once :func:`init_sentry` has a DSN: it adds about 0.1 s
 to the start of a command, and without a DSN nothing would use it.
 """
@@ -47,6 +50,7 @@ from conveyor.config import Settings
 from conveyor.worker.errors import Ended, Failure
 from conveyor.worker.jobs import REGISTRY
 from conveyor.worker.observability.logs import job_fields
+from conveyor.worker.observability.masking import mask_event_data, protect
 from conveyor.worker.outcomes import Event
 
 if TYPE_CHECKING:
@@ -79,6 +83,7 @@ def init_sentry(settings: Settings, component: str) -> bool:
     """
     if settings.sentry_dsn is None:
         return False
+    protect(settings)  # before_send masks its secrets in every event
     import sentry_sdk
     from sentry_sdk.integrations.argv import ArgvIntegration
     from sentry_sdk.integrations.celery import CeleryIntegration
@@ -94,8 +99,12 @@ def init_sentry(settings: Settings, component: str) -> bool:
         max_request_body_size="never",
         include_local_variables=False,
         before_send=before_send,
+        # Sentry's trace headers (`sentry-trace`, `baggage`) carry the DSN's key: none on
+        # job messages (anyone who reads the broker would see it) nor on a job's outgoing
+        # HTTP calls (a webhook would hand it to whoever it calls). Traces are OpenTelemetry's.
+        trace_propagation_targets=[],
         integrations=[
-            CeleryIntegration(),
+            CeleryIntegration(propagate_traces=False),
             # The API's one capture point is CatchAll; these add the request's method,
             # route and headers (credentials removed) but capture nothing themselves.
             StarletteIntegration(failed_request_status_codes=set()),
@@ -283,7 +292,8 @@ def _leaves(value: Any) -> Iterator[Any]:
 
 def before_send(event: SentryEvent, hint: Hint) -> SentryEvent | None:
     """Sentry's ``before_send``: drop the exceptions that end Conveyor's tasks, then
-    :func:`scrub` the rest.
+    :func:`scrub` the rest, and mask secrets in what is left (every string of the event:
+    :mod:`~worker.observability.masking`).
 
     An :class:`~worker.errors.Ended` (a dead letter, a scheduled retry, a skipped
     duplicate) is an outcome the ledger recorded, not an error of Conveyor's: the dead
@@ -293,7 +303,7 @@ def before_send(event: SentryEvent, hint: Hint) -> SentryEvent | None:
     exc_info = hint.get("exc_info")
     if exc_info and isinstance(exc_info[1], Ended):
         return None
-    return scrub(event, hint)
+    return cast("SentryEvent", mask_event_data(cast(dict[str, Any], scrub(event, hint))))
 
 
 def scrub(event: SentryEvent, hint: Hint) -> SentryEvent:

@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 from conveyor.config.settings import BrokerKind
 from conveyor.worker.constants import CELERY_QUEUE, DEAD_LETTER_SUFFIX
+from conveyor.worker.observability.masking import mask
 
 log = logging.getLogger("conveyor.broker")
 
@@ -133,7 +134,8 @@ def management_queues(api_url: str, broker_url: str) -> set[str]:
         answer = httpx.get(url, params={"columns": "name"}, timeout=MANAGEMENT_TIMEOUT_S)
         answer.raise_for_status()
     except httpx.HTTPError as exc:
-        log.warning("broker.management_api_failed", extra={"error": str(exc)})
+        # httpx quotes the URL, password included: "... for url 'http://user:{password}@...'".
+        log.warning("broker.management_api_failed", extra={"error": mask(str(exc))})
         return set()
     return {entry["name"] for entry in answer.json()}
 
