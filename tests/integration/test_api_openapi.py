@@ -33,7 +33,8 @@ pytestmark = pytest.mark.integration
 
 FUZZ_TIME_S = 15
 EXAMPLES_PER_OPERATION = 20
-KEYLESS_TIME_S = 8
+KEYLESS_TIME_S = 15
+"""Each run stops at this bound: without the coverage phase, the fuzzing phase has it all."""
 KEYLESS_EXAMPLES_PER_OPERATION = 10
 """For the runs without a valid key: most answers are a quick 401 or 403."""
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -229,8 +230,12 @@ def test_schemathesis_without_a_valid_key_finds_no_server_error_and_no_answer(
         f"not_a_server_error,{checks}",
         "--max-examples",
         str(KEYLESS_EXAMPLES_PER_OPERATION),
+        # Not coverage: its cases vary the parameters, which a refused key never reaches,
+        # and on a slow machine it used the whole time, so that the fuzzing phase never
+        # ran and only the 4 operations with examples were tested; nor stateful: its
+        # links follow successes, and there are none.
         "--phases",
-        "examples,coverage,fuzzing",  # stateful links follow successes: none to follow
+        "examples,fuzzing",
         token=token,
         max_time_s=KEYLESS_TIME_S,
         hooks=True,
